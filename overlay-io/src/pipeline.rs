@@ -1,0 +1,220 @@
+//! The sans-IO network-function abstraction.
+//!
+//! A network function sees Ethernet frames that arrived on [`PortId`]s, in batches, and
+//! returns a [`Verdict`] for each. It never opens a socket, never reads the clock (`now` is
+//! passed in) and never blocks; the worker loop in [`crate::datapath`] does the I/O around
+//! it, and the in-memory backend drives it deterministically in tests.
+
+use std::time::Instant;
+
+use crate::buf::PacketBuf;
+
+/// Index of a port in the datapath's port table (the order of the config's `ports`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Default)]
+pub struct PortId(pub u16);
+
+/// The most ports one VNF instance has; [`PortSet`] is a bitmap of this many bits.
+pub const MAX_PORTS: usize = 256;
+
+/// A set of ports, as a fixed bitmap: flooding never allocates.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct PortSet([u64; MAX_PORTS / 64]);
+
+impl PortSet {
+    /// The empty set.
+    pub const EMPTY: PortSet = PortSet([0; MAX_PORTS / 64]);
+
+    /// Add a port.
+    pub fn insert(&mut self, p: PortId) {
+        let i = usize::from(p.0) % MAX_PORTS;
+        self.0[i / 64] |= 1 << (i % 64);
+    }
+
+    /// Remove a port.
+    pub fn remove(&mut self, p: PortId) {
+        let i = usize::from(p.0) % MAX_PORTS;
+        self.0[i / 64] &= !(1 << (i % 64));
+    }
+
+    /// Whether a port is in the set.
+    pub fn contains(&self, p: PortId) -> bool {
+        let i = usize::from(p.0) % MAX_PORTS;
+        self.0[i / 64] & (1 << (i % 64)) != 0
+    }
+
+    /// Whether the set is empty.
+    pub fn is_empty(&self) -> bool {
+        self.0.iter().all(|w| *w == 0)
+    }
+
+    /// The set without one port.
+    pub fn without(mut self, p: PortId) -> PortSet {
+        self.remove(p);
+        self
+    }
+
+    /// The ports, in increasing order.
+    pub fn iter(&self) -> impl Iterator<Item = PortId> + '_ {
+        self.0.iter().enumerate().flat_map(|(w, &bits)| {
+            let mut bits = bits;
+            std::iter::from_fn(move || {
+                if bits == 0 {
+                    return None;
+                }
+                let b = bits.trailing_zeros() as usize;
+                bits &= bits - 1;
+                Some(PortId((w * 64 + b) as u16))
+            })
+        })
+    }
+}
+
+impl FromIterator<PortId> for PortSet {
+    fn from_iter<I: IntoIterator<Item = PortId>>(iter: I) -> Self {
+        let mut s = PortSet::EMPTY;
+        for p in iter {
+            s.insert(p);
+        }
+        s
+    }
+}
+
+/// Why a packet was dropped. Each variant is one value of the `reason` label of
+/// `vnf_drops_total`; [`DropReason::ALL`] lists them for the metrics.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[repr(u8)]
+pub enum DropReason {
+    /// A UDP datagram on the VXLAN port too short for a VXLAN header and an Ethernet frame.
+    VxlanMalformed,
+    /// The VXLAN I flag was not set (RFC 7348 §5), or the VNI was 0.
+    VxlanBadFlags,
+    /// VXLAN for a VNI this VTEP has not joined.
+    VniNotJoined,
+    /// VXLAN from a source VTEP that the VNI's allow-list does not name.
+    VtepNotAllowed,
+    /// A frame shorter than an Ethernet header, or with a multicast source MAC.
+    FrameMalformed,
+    /// A tagged frame on a trunk for a VLAN that no port carries, or an untagged frame on a
+    /// trunk without a native port.
+    VlanUnknown,
+    /// A frame with an 802.1ad (QinQ) or nested tag: not bridged.
+    VlanNested,
+    /// A frame larger than the egress port's MTU (the outer packet is never fragmented).
+    MtuExceeded,
+    /// Unknown unicast or broadcast with nowhere to flood (empty flood list).
+    NoDestination,
+    /// The destination was learned on the port the frame came from (RFC 7348 §4 / IEEE
+    /// 802.1D filtering: never send a frame back where it came from).
+    SamePort,
+    /// The frame arrived on a port that belongs to no bridge domain or function.
+    PortUnassigned,
+    /// The kernel refused to send (buffer full, no route to a VTEP).
+    TxError,
+    /// No buffer or headroom was left for a flood copy or a header.
+    NoBuffer,
+}
+
+impl DropReason {
+    /// Every reason, in label order.
+    pub const ALL: [DropReason; 13] = [
+        DropReason::VxlanMalformed,
+        DropReason::VxlanBadFlags,
+        DropReason::VniNotJoined,
+        DropReason::VtepNotAllowed,
+        DropReason::FrameMalformed,
+        DropReason::VlanUnknown,
+        DropReason::VlanNested,
+        DropReason::MtuExceeded,
+        DropReason::NoDestination,
+        DropReason::SamePort,
+        DropReason::PortUnassigned,
+        DropReason::TxError,
+        DropReason::NoBuffer,
+    ];
+
+    /// The metric label value.
+    pub const fn label(self) -> &'static str {
+        match self {
+            DropReason::VxlanMalformed => "vxlan_malformed",
+            DropReason::VxlanBadFlags => "vxlan_bad_flags",
+            DropReason::VniNotJoined => "vni_not_joined",
+            DropReason::VtepNotAllowed => "vtep_not_allowed",
+            DropReason::FrameMalformed => "frame_malformed",
+            DropReason::VlanUnknown => "vlan_unknown",
+            DropReason::VlanNested => "vlan_nested",
+            DropReason::MtuExceeded => "mtu_exceeded",
+            DropReason::NoDestination => "no_destination",
+            DropReason::SamePort => "same_port",
+            DropReason::PortUnassigned => "port_unassigned",
+            DropReason::TxError => "tx_error",
+            DropReason::NoBuffer => "no_buffer",
+        }
+    }
+
+    /// Index into per-reason counter arrays.
+    pub const fn index(self) -> usize {
+        self as usize
+    }
+}
+
+/// What to do with one packet.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verdict {
+    /// Send the (possibly rewritten) frame out of one port.
+    Forward(PortId),
+    /// Send a copy out of each port of the set (flooding within a bridge domain).
+    Flood(PortSet),
+    /// Send the rewritten frame back out of the port it came from (ARP and ICMP replies).
+    Reply,
+    /// Drop, counted under a reason.
+    Drop(DropReason),
+}
+
+/// A network function: a state machine over packet batches.
+///
+/// `process` must leave exactly one verdict per packet in `verdicts` (same length as
+/// `pkts`). Time only moves through `now`; timers are reported by `poll_timeout` and run by
+/// `handle_timeout`, as in quinn-proto and smoltcp.
+pub trait NetworkFunction: Send {
+    /// Decide the fate of a batch of frames.
+    fn process(&mut self, pkts: &mut [PacketBuf], verdicts: &mut [Verdict], now: Instant);
+
+    /// When `handle_timeout` next wants to run, if ever.
+    fn poll_timeout(&self) -> Option<Instant>;
+
+    /// Run timers that are due (ageing, retransmits).
+    fn handle_timeout(&mut self, now: Instant);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn port_set_basics() {
+        let mut s: PortSet = [PortId(0), PortId(3), PortId(64), PortId(255)]
+            .into_iter()
+            .collect();
+        assert!(s.contains(PortId(64)));
+        assert!(!s.contains(PortId(1)));
+        assert_eq!(
+            s.iter().collect::<Vec<_>>(),
+            vec![PortId(0), PortId(3), PortId(64), PortId(255)]
+        );
+        s = s.without(PortId(3));
+        assert_eq!(s.iter().count(), 3);
+        assert!(!PortSet::EMPTY.without(PortId(1)).contains(PortId(1)));
+        assert!(PortSet::EMPTY.is_empty());
+    }
+
+    #[test]
+    fn drop_labels_are_unique_and_indexed() {
+        for (i, r) in DropReason::ALL.iter().enumerate() {
+            assert_eq!(r.index(), i);
+        }
+        let mut labels: Vec<_> = DropReason::ALL.iter().map(|r| r.label()).collect();
+        labels.sort_unstable();
+        labels.dedup();
+        assert_eq!(labels.len(), DropReason::ALL.len());
+    }
+}
