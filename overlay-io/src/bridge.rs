@@ -80,7 +80,11 @@ impl Bridge {
 
     /// Apply new domains. Learned MACs of a domain that keeps its name survive, their
     /// ports renumbered by `remap` (old id -> new id, `None` if the port is gone).
-    pub fn reconfigure(&mut self, domains: &[DomainConfig], remap: &dyn Fn(PortId) -> Option<PortId>) {
+    pub fn reconfigure(
+        &mut self,
+        domains: &[DomainConfig],
+        remap: &dyn Fn(PortId) -> Option<PortId>,
+    ) {
         let mut old: Vec<Domain> = std::mem::take(&mut self.domains);
         self.port_domain.fill(None);
         for (i, d) in domains.iter().enumerate() {
@@ -160,6 +164,16 @@ fn count_learn(l: Learned, c: &BridgeCounters) {
 }
 
 impl NetworkFunction for Bridge {
+    type Config = Vec<DomainConfig>;
+
+    fn reconfigure(
+        &mut self,
+        config: &Arc<Vec<DomainConfig>>,
+        remap: &dyn Fn(PortId) -> Option<PortId>,
+    ) {
+        Bridge::reconfigure(self, config, remap);
+    }
+
     fn process(&mut self, pkts: &mut [PacketBuf], verdicts: &mut [Verdict], now: Instant) {
         for (p, v) in pkts.iter().zip(verdicts.iter_mut()) {
             *v = self.forward(p, now);
@@ -218,10 +232,19 @@ mod tests {
         let mut b = Bridge::new(&[domain("gw", &[0, 1, 2], 100)], Arc::default());
         let now = Instant::now();
         let v = b.forward(&frame(0, 1, BCAST), now);
-        assert_eq!(v, Verdict::Flood([PortId(1), PortId(2)].into_iter().collect()));
+        assert_eq!(
+            v,
+            Verdict::Flood([PortId(1), PortId(2)].into_iter().collect())
+        );
         // Reply from host 2 on port 2 to host 1: learned on port 0.
-        assert_eq!(b.forward(&frame(2, 2, [2, 0, 0, 0, 0, 1]), now), Verdict::Forward(PortId(0)));
-        assert_eq!(b.forward(&frame(0, 1, [2, 0, 0, 0, 0, 2]), now), Verdict::Forward(PortId(2)));
+        assert_eq!(
+            b.forward(&frame(2, 2, [2, 0, 0, 0, 0, 1]), now),
+            Verdict::Forward(PortId(0))
+        );
+        assert_eq!(
+            b.forward(&frame(0, 1, [2, 0, 0, 0, 0, 2]), now),
+            Verdict::Forward(PortId(2))
+        );
         // Never back out of the ingress port.
         assert_eq!(
             b.forward(&frame(0, 3, [2, 0, 0, 0, 0, 1]), now),
@@ -283,6 +306,9 @@ mod tests {
         b.forward(&frame(1, 7, BCAST), now);
         // Ports renumbered: old 1 becomes 5.
         b.reconfigure(&[domain("gw", &[4, 5], 10)], &|p| Some(PortId(p.0 + 4)));
-        assert_eq!(b.forward(&frame(4, 1, [2, 0, 0, 0, 0, 7]), now), Verdict::Forward(PortId(5)));
+        assert_eq!(
+            b.forward(&frame(4, 1, [2, 0, 0, 0, 0, 7]), now),
+            Verdict::Forward(PortId(5))
+        );
     }
 }

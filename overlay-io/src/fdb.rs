@@ -92,7 +92,13 @@ impl<D: Copy + PartialEq> Fdb<D> {
                     origin: Origin::Static,
                 },
             );
-            if matches!(old, Some(Entry { origin: Origin::Learned { .. }, .. })) {
+            if matches!(
+                old,
+                Some(Entry {
+                    origin: Origin::Learned { .. },
+                    ..
+                })
+            ) {
                 self.learned -= 1;
             }
         }

@@ -148,7 +148,9 @@ impl WorkerCounters {
 
 /// Why a slot could not be given.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("more than {limit} distinct {kind} names since start: restart the process to reuse counter slots")]
+#[error(
+    "more than {limit} distinct {kind} names since start: restart the process to reuse counter slots"
+)]
 pub struct SlotsExhausted {
     /// What ran out.
     pub kind: &'static str,
@@ -249,10 +251,26 @@ impl MetricsHub {
 
         type PortField = fn(&PortCounters) -> &Counter;
         let port_metrics: [(&str, &str, PortField); 4] = [
-            ("vnf_port_rx_packets_total", "Frames received on a port.", |c| &c.rx_packets),
-            ("vnf_port_rx_bytes_total", "Bytes of frames received on a port.", |c| &c.rx_bytes),
-            ("vnf_port_tx_packets_total", "Frames sent out of a port.", |c| &c.tx_packets),
-            ("vnf_port_tx_bytes_total", "Bytes of frames sent out of a port.", |c| &c.tx_bytes),
+            (
+                "vnf_port_rx_packets_total",
+                "Frames received on a port.",
+                |c| &c.rx_packets,
+            ),
+            (
+                "vnf_port_rx_bytes_total",
+                "Bytes of frames received on a port.",
+                |c| &c.rx_bytes,
+            ),
+            (
+                "vnf_port_tx_packets_total",
+                "Frames sent out of a port.",
+                |c| &c.tx_packets,
+            ),
+            (
+                "vnf_port_tx_bytes_total",
+                "Bytes of frames sent out of a port.",
+                |c| &c.tx_bytes,
+            ),
         ];
         for (name, help, f) in port_metrics {
             let v = counter(name, help, "port")?;
@@ -265,15 +283,51 @@ impl MetricsHub {
 
         type VniField = fn(&VniCounters) -> &Counter;
         let vni_metrics: [(&str, &str, VniField); 9] = [
-            ("vnf_vxlan_rx_packets_total", "VXLAN packets received and accepted, by VNI.", |c| &c.rx_packets),
-            ("vnf_vxlan_rx_bytes_total", "Inner-frame bytes of accepted VXLAN packets, by VNI.", |c| &c.rx_bytes),
-            ("vnf_vxlan_tx_packets_total", "VXLAN packets sent, each head-end replica counted, by VNI.", |c| &c.tx_packets),
-            ("vnf_vxlan_tx_bytes_total", "Inner-frame bytes of VXLAN packets sent, by VNI.", |c| &c.tx_bytes),
-            ("vnf_fdb_learned_total", "MAC addresses learned into a VNI's forwarding table.", |c| &c.fdb_learned),
-            ("vnf_fdb_moved_total", "Learned MAC addresses that moved to another VTEP.", |c| &c.fdb_moved),
-            ("vnf_fdb_aged_total", "Forwarding-table entries removed by ageing.", |c| &c.fdb_aged),
-            ("vnf_fdb_cap_hits_total", "MAC addresses not learned because the VNI's table was full.", |c| &c.fdb_cap_hits),
-            ("vnf_flood_copies_total", "Copies sent by head-end replication (broadcast, multicast, unknown unicast).", |c| &c.flood_copies),
+            (
+                "vnf_vxlan_rx_packets_total",
+                "VXLAN packets received and accepted, by VNI.",
+                |c| &c.rx_packets,
+            ),
+            (
+                "vnf_vxlan_rx_bytes_total",
+                "Inner-frame bytes of accepted VXLAN packets, by VNI.",
+                |c| &c.rx_bytes,
+            ),
+            (
+                "vnf_vxlan_tx_packets_total",
+                "VXLAN packets sent, each head-end replica counted, by VNI.",
+                |c| &c.tx_packets,
+            ),
+            (
+                "vnf_vxlan_tx_bytes_total",
+                "Inner-frame bytes of VXLAN packets sent, by VNI.",
+                |c| &c.tx_bytes,
+            ),
+            (
+                "vnf_fdb_learned_total",
+                "MAC addresses learned into a VNI's forwarding table.",
+                |c| &c.fdb_learned,
+            ),
+            (
+                "vnf_fdb_moved_total",
+                "Learned MAC addresses that moved to another VTEP.",
+                |c| &c.fdb_moved,
+            ),
+            (
+                "vnf_fdb_aged_total",
+                "Forwarding-table entries removed by ageing.",
+                |c| &c.fdb_aged,
+            ),
+            (
+                "vnf_fdb_cap_hits_total",
+                "MAC addresses not learned because the VNI's table was full.",
+                |c| &c.fdb_cap_hits,
+            ),
+            (
+                "vnf_flood_copies_total",
+                "Copies sent by head-end replication (broadcast, multicast, unknown unicast).",
+                |c| &c.flood_copies,
+            ),
         ];
         for (name, help, f) in vni_metrics {
             let v = counter(name, help, "vni")?;
@@ -299,11 +353,31 @@ impl MetricsHub {
 
         type BridgeField = fn(&BridgeCounters) -> &Counter;
         let bridge_metrics: [(&str, &str, BridgeField); 5] = [
-            ("vnf_bridge_learned_total", "MAC addresses learned in a bridge domain.", |c| &c.learned),
-            ("vnf_bridge_moved_total", "MAC addresses that moved to another port of a bridge domain.", |c| &c.moved),
-            ("vnf_bridge_aged_total", "Bridge-domain MAC entries removed by ageing.", |c| &c.aged),
-            ("vnf_bridge_cap_hits_total", "MAC addresses not learned because the bridge domain's table was full.", |c| &c.cap_hits),
-            ("vnf_bridge_floods_total", "Frames flooded to every other port of a bridge domain.", |c| &c.floods),
+            (
+                "vnf_bridge_learned_total",
+                "MAC addresses learned in a bridge domain.",
+                |c| &c.learned,
+            ),
+            (
+                "vnf_bridge_moved_total",
+                "MAC addresses that moved to another port of a bridge domain.",
+                |c| &c.moved,
+            ),
+            (
+                "vnf_bridge_aged_total",
+                "Bridge-domain MAC entries removed by ageing.",
+                |c| &c.aged,
+            ),
+            (
+                "vnf_bridge_cap_hits_total",
+                "MAC addresses not learned because the bridge domain's table was full.",
+                |c| &c.cap_hits,
+            ),
+            (
+                "vnf_bridge_floods_total",
+                "Frames flooded to every other port of a bridge domain.",
+                |c| &c.floods,
+            ),
         ];
         for (name, help, f) in bridge_metrics {
             let v = counter(name, help, "bridge")?;
@@ -358,13 +432,23 @@ impl DatapathCollector {
         // the two cannot disagree.
         let sample = MetricsHub::default();
         sample.add_worker();
-        let _ = (sample.port_slot("p"), sample.vni_slot(1), sample.bridge_slot("b"));
+        let _ = (
+            sample.port_slot("p"),
+            sample.vni_slot(1),
+            sample.bridge_slot("b"),
+        );
         let descs = sample
             .gather()
             .unwrap_or_default()
             .iter()
             .filter_map(|mf| {
-                Desc::new(mf.name().to_owned(), mf.help().to_owned(), vec![], HashMap::new()).ok()
+                Desc::new(
+                    mf.name().to_owned(),
+                    mf.help().to_owned(),
+                    vec![],
+                    HashMap::new(),
+                )
+                .ok()
             })
             .collect();
         DatapathCollector { hub, descs }
@@ -404,8 +488,14 @@ mod tests {
         let text = prometheus::TextEncoder::new()
             .encode_to_string(&hub.gather().unwrap())
             .unwrap();
-        assert!(text.contains("vnf_port_rx_packets_total{port=\"web\"} 7"), "{text}");
-        assert!(text.contains("vnf_drops_total{reason=\"vni_not_joined\"} 1"), "{text}");
+        assert!(
+            text.contains("vnf_port_rx_packets_total{port=\"web\"} 7"),
+            "{text}"
+        );
+        assert!(
+            text.contains("vnf_drops_total{reason=\"vni_not_joined\"} 1"),
+            "{text}"
+        );
         assert_eq!(hub.drops(DropReason::VniNotJoined), 1);
     }
 

@@ -176,6 +176,17 @@ pub enum Verdict {
 /// `pkts`). Time only moves through `now`; timers are reported by `poll_timeout` and run by
 /// `handle_timeout`, as in quinn-proto and smoltcp.
 pub trait NetworkFunction: Send {
+    /// The function's own settings, swapped in whole on reload.
+    type Config: Send + Sync + 'static;
+
+    /// Apply new settings, keeping learned state. Ports keep their identity by name
+    /// across a reload; `remap` gives an old [`PortId`]'s new id, or `None` if it is gone.
+    fn reconfigure(
+        &mut self,
+        config: &std::sync::Arc<Self::Config>,
+        remap: &dyn Fn(PortId) -> Option<PortId>,
+    );
+
     /// Decide the fate of a batch of frames.
     fn process(&mut self, pkts: &mut [PacketBuf], verdicts: &mut [Verdict], now: Instant);
 

@@ -134,8 +134,8 @@ impl Vtep {
         counters: &WorkerCounters,
     ) -> Result<(), DropReason> {
         let repr = {
-            let packet = vxlan::Packet::new_checked(pkt.bytes())
-                .map_err(|_| DropReason::VxlanMalformed)?;
+            let packet =
+                vxlan::Packet::new_checked(pkt.bytes()).map_err(|_| DropReason::VxlanMalformed)?;
             vxlan::Repr::parse(&packet).map_err(|_| DropReason::VxlanBadFlags)?
         };
         let st = self
@@ -211,7 +211,16 @@ mod tests {
     use super::*;
 
     fn vxlan_frame(flags: u8, vni: u32, src_mac: Mac, dst_mac: Mac) -> PacketBuf {
-        let mut b = vec![flags, 0, 0, 0, (vni >> 16) as u8, (vni >> 8) as u8, vni as u8, 0];
+        let mut b = vec![
+            flags,
+            0,
+            0,
+            0,
+            (vni >> 16) as u8,
+            (vni >> 8) as u8,
+            vni as u8,
+            0,
+        ];
         b.extend_from_slice(&dst_mac);
         b.extend_from_slice(&src_mac);
         b.extend_from_slice(&[0x08, 0x06]);
@@ -245,7 +254,10 @@ mod tests {
         cfg.flood = vec![ip("198.18.0.2"), ip("198.18.0.3")];
         let (mut v, c) = vtep(cfg);
         let now = Instant::now();
-        assert_eq!(v.dest(vni, &H1), Some(Dest::Flood(&[ip("198.18.0.2"), ip("198.18.0.3")][..])));
+        assert_eq!(
+            v.dest(vni, &H1),
+            Some(Dest::Flood(&[ip("198.18.0.2"), ip("198.18.0.3")][..]))
+        );
         let mut p = vxlan_frame(0x08, 100, H1, BCAST);
         v.decap(&mut p, ip("198.18.0.3"), now, &c).unwrap();
         assert_eq!(p.port, PortId(3));
@@ -265,20 +277,46 @@ mod tests {
         let now = Instant::now();
         let src = ip("198.18.0.2");
         let cases = [
-            (vxlan_frame(0x00, 100, H1, BCAST), src, DropReason::VxlanBadFlags),
-            (vxlan_frame(0x08, 0, H1, BCAST), src, DropReason::VxlanBadFlags),
-            (vxlan_frame(0x08, 200, H1, BCAST), src, DropReason::VniNotJoined),
-            (vxlan_frame(0x08, 100, H1, BCAST), ip("198.18.0.9"), DropReason::VtepNotAllowed),
-            (vxlan_frame(0x08, 100, BCAST, H1), src, DropReason::FrameMalformed),
+            (
+                vxlan_frame(0x00, 100, H1, BCAST),
+                src,
+                DropReason::VxlanBadFlags,
+            ),
+            (
+                vxlan_frame(0x08, 0, H1, BCAST),
+                src,
+                DropReason::VxlanBadFlags,
+            ),
+            (
+                vxlan_frame(0x08, 200, H1, BCAST),
+                src,
+                DropReason::VniNotJoined,
+            ),
+            (
+                vxlan_frame(0x08, 100, H1, BCAST),
+                ip("198.18.0.9"),
+                DropReason::VtepNotAllowed,
+            ),
+            (
+                vxlan_frame(0x08, 100, BCAST, H1),
+                src,
+                DropReason::FrameMalformed,
+            ),
         ];
         for (mut p, from, reason) in cases {
             assert_eq!(v.decap(&mut p, from, now, &c), Err(reason));
         }
         let mut short = PacketBuf::new();
         short.fill(&[0x08, 0, 0, 0, 0, 0, 100, 0, 1, 2, 3]);
-        assert_eq!(v.decap(&mut short, src, now, &c), Err(DropReason::VxlanMalformed));
+        assert_eq!(
+            v.decap(&mut short, src, now, &c),
+            Err(DropReason::VxlanMalformed)
+        );
         short.fill(&[0x08, 0, 0]);
-        assert_eq!(v.decap(&mut short, src, now, &c), Err(DropReason::VxlanMalformed));
+        assert_eq!(
+            v.decap(&mut short, src, now, &c),
+            Err(DropReason::VxlanMalformed)
+        );
         assert_eq!(c.vnis[0].fdb_learned.get(), 0);
     }
 
@@ -290,7 +328,8 @@ mod tests {
         cfg.static_entries = vec![(H1, ip("198.18.0.5"))];
         let (mut v, c) = vtep(cfg);
         let mut p = vxlan_frame(0x08, 7, H1, BCAST);
-        v.decap(&mut p, ip("198.18.0.6"), Instant::now(), &c).unwrap();
+        v.decap(&mut p, ip("198.18.0.6"), Instant::now(), &c)
+            .unwrap();
         assert_eq!(v.dest(vni, &H1), Some(Dest::Unicast(ip("198.18.0.5"))));
     }
 
@@ -314,10 +353,15 @@ mod tests {
         let vni = Vni::new(7).unwrap();
         let (mut v, c) = vtep(VniConfig::new(vni));
         let mut p = vxlan_frame(0x08, 7, H1, BCAST);
-        v.decap(&mut p, ip("198.18.0.6"), Instant::now(), &c).unwrap();
+        v.decap(&mut p, ip("198.18.0.6"), Instant::now(), &c)
+            .unwrap();
         let mut cfg = VniConfig::new(vni);
         cfg.flood = vec![ip("198.18.0.9")];
-        v.configure(&[Join { cfg: Arc::new(cfg), port: PortId(1), slot: 0 }]);
+        v.configure(&[Join {
+            cfg: Arc::new(cfg),
+            port: PortId(1),
+            slot: 0,
+        }]);
         assert_eq!(v.dest(vni, &H1), Some(Dest::Unicast(ip("198.18.0.6"))));
         v.configure(&[]);
         assert_eq!(v.dest(vni, &H1), None);

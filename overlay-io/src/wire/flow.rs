@@ -36,7 +36,11 @@ pub fn flow_hash(frame: &[u8]) -> u32 {
             // Later fragments carry no ports; hash them by addresses only so that every
             // fragment of a datagram takes the same path.
             let first = ip.frag_offset() == 0;
-            let ports = if first { ports(ip.next_header(), ip.payload()) } else { 0 };
+            let ports = if first {
+                ports(ip.next_header(), ip.payload())
+            } else {
+                0
+            };
             mix(sym(a, b) ^ (u64::from(u8::from(ip.next_header())) << 56) ^ ports)
         }
         EthernetProtocol::Ipv6 => {
