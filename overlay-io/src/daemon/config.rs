@@ -565,7 +565,10 @@ vnis:
     #[test]
     fn semantic_error_on_a_defaulted_key_points_at_its_parent() {
         let lines = errors("vnis:\n  - flood: []\n", &[]);
-        assert_eq!(lines, ["FILE:2:5: vnis[0].id: VNI 0 is outside 1..=16777215"]);
+        assert_eq!(
+            lines,
+            ["FILE:2:5: vnis[0].id: VNI 0 is outside 1..=16777215"]
+        );
         let lines = errors("name: \"\"\n", &[]);
         assert_eq!(lines, ["FILE:1:7: name: must not be empty"]);
         let lines = errors("vnis: []\n", &[("VNF_NAME", "")]);

@@ -257,6 +257,22 @@ mod tests {
     }
 
     #[test]
+    fn unprivileged_open_says_what_is_needed() {
+        // SAFETY: geteuid has no preconditions.
+        if unsafe { libc::geteuid() } == 0 {
+            println!("skipped: only meaningful without root");
+            return;
+        }
+        let err = Tap::open("ovtap9").expect_err("needs CAP_NET_ADMIN");
+        assert!(err.to_string().contains("ovtap9"), "{err}");
+        assert!(
+            err.to_string()
+                .contains("needs CAP_NET_ADMIN (run as root)"),
+            "{err}"
+        );
+    }
+
+    #[test]
     fn tap_exchanges_frames_with_the_kernel() {
         let Some(ns) = Netns::enter("tap") else {
             return;
