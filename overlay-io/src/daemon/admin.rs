@@ -306,7 +306,7 @@ pub async fn bind(addr: SocketAddr) -> Result<TcpListener, AdminError> {
 }
 
 /// Serve the admin routes on `listener` until `stop` turns true, then stop accepting and let
-/// open requests finish for up to [`DRAIN_TIMEOUT`].
+/// open requests finish for up to five seconds.
 pub async fn serve<A: VnfApp>(
     shell: Arc<Shell<A>>,
     listener: TcpListener,

@@ -188,6 +188,13 @@ pub struct DatapathConfig {
     pub tuning: Tuning,
 }
 
+/// The parts of a config that decide which sockets and threads exist.
+pub type IoShape = (
+    Option<(SocketAddr, u16, bool)>,
+    Vec<(String, IfaceKind)>,
+    Tuning,
+);
+
 /// Kinds of host interface the datapath opens.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum IfaceKind {
@@ -224,13 +231,7 @@ impl DatapathConfig {
 
     /// What cannot change without a restart, as one comparable value: the sockets and
     /// threads the datapath opened.
-    pub fn io_shape(
-        &self,
-    ) -> (
-        Option<(SocketAddr, u16, bool)>,
-        Vec<(String, IfaceKind)>,
-        Tuning,
-    ) {
+    pub fn io_shape(&self) -> IoShape {
         (
             self.underlay
                 .as_ref()

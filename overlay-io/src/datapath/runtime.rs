@@ -104,7 +104,7 @@ impl IfaceIo {
         }
     }
 
-    fn send<'a>(&mut self, frames: &mut dyn Iterator<Item = &'a [u8]>) -> io::Result<usize> {
+    fn send(&mut self, frames: &mut dyn Iterator<Item = &[u8]>) -> io::Result<usize> {
         match self {
             IfaceIo::Packet(p) => p.send_batch(frames),
             IfaceIo::Tap(t) => t.send_batch(frames),

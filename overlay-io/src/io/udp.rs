@@ -122,10 +122,9 @@ impl UdpRx {
             };
         }
         let got = r as usize;
-        for i in 0..got {
+        for (i, b) in bufs.iter_mut().take(got).enumerate() {
             let len = self.hdrs[i].msg_len as usize;
             let truncated = self.hdrs[i].msg_hdr.msg_flags & libc::MSG_TRUNC != 0;
-            let b = &mut bufs[i];
             // A truncated datagram is delivered empty: the VTEP counts it as malformed.
             b.set_received(if truncated { 0 } else { len });
             b.port = Default::default();
