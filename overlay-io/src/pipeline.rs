@@ -112,11 +112,14 @@ pub enum DropReason {
     TxError,
     /// No buffer or headroom was left for a flood copy or a header.
     NoBuffer,
+    /// The kernel dropped packets because a socket's receive buffer was full: the worker
+    /// fell behind (counted once a second from the socket's drop counter).
+    RxOverrun,
 }
 
 impl DropReason {
     /// Every reason, in label order.
-    pub const ALL: [DropReason; 13] = [
+    pub const ALL: [DropReason; 14] = [
         DropReason::VxlanMalformed,
         DropReason::VxlanBadFlags,
         DropReason::VniNotJoined,
@@ -130,6 +133,7 @@ impl DropReason {
         DropReason::PortUnassigned,
         DropReason::TxError,
         DropReason::NoBuffer,
+        DropReason::RxOverrun,
     ];
 
     /// The metric label value.
@@ -148,6 +152,7 @@ impl DropReason {
             DropReason::PortUnassigned => "port_unassigned",
             DropReason::TxError => "tx_error",
             DropReason::NoBuffer => "no_buffer",
+            DropReason::RxOverrun => "rx_overrun",
         }
     }
 

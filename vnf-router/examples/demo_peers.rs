@@ -17,12 +17,28 @@ const IP_A: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 1);
 const IP_B: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 2);
 
 fn vxlan(vni: u32, frame: &[u8]) -> Vec<u8> {
-    let mut d = vec![0x08, 0, 0, 0, (vni >> 16) as u8, (vni >> 8) as u8, vni as u8, 0];
+    let mut d = vec![
+        0x08,
+        0,
+        0,
+        0,
+        (vni >> 16) as u8,
+        (vni >> 8) as u8,
+        vni as u8,
+        0,
+    ];
     d.extend_from_slice(frame);
     d
 }
 
-fn arp(op: u16, smac: [u8; 6], sip: Ipv4Addr, tmac: [u8; 6], tip: Ipv4Addr, dst: [u8; 6]) -> Vec<u8> {
+fn arp(
+    op: u16,
+    smac: [u8; 6],
+    sip: Ipv4Addr,
+    tmac: [u8; 6],
+    tip: Ipv4Addr,
+    dst: [u8; 6],
+) -> Vec<u8> {
     let mut f = dst.to_vec();
     f.extend_from_slice(&smac);
     f.extend_from_slice(&[0x08, 0x06, 0, 1, 0x08, 0x00, 6, 4]);
@@ -39,7 +55,9 @@ fn udp(sport: u16, payload: &[u8]) -> Vec<u8> {
     f.extend_from_slice(&MAC_A);
     f.extend_from_slice(&[0x08, 0x00]);
     let total = (28 + payload.len()) as u16;
-    let mut ip = [0x45, 0, 0, 0, 0, 0, 0, 0, 64, 17, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0];
+    let mut ip = [
+        0x45, 0, 0, 0, 0, 0, 0, 0, 64, 17, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
+    ];
     ip[2..4].copy_from_slice(&total.to_be_bytes());
     ip[12..16].copy_from_slice(&IP_A.octets());
     ip[16..20].copy_from_slice(&IP_B.octets());
@@ -58,7 +76,12 @@ fn describe(d: &[u8]) -> String {
     }
     let vni = u32::from_be_bytes([0, d[4], d[5], d[6]]);
     let f = &d[8..];
-    let mac = |m: &[u8]| m.iter().map(|b| format!("{b:02x}")).collect::<Vec<_>>().join(":");
+    let mac = |m: &[u8]| {
+        m.iter()
+            .map(|b| format!("{b:02x}"))
+            .collect::<Vec<_>>()
+            .join(":")
+    };
     let what = match (f[12], f[13]) {
         (0x08, 0x06) if f.len() >= 42 => format!(
             "ARP {} {} -> {}",
@@ -95,7 +118,8 @@ fn recv(sock: &UdpSocket, who: &str) -> Option<(Vec<u8>, SocketAddr)> {
 fn main() -> ExitCode {
     let bind = |a: &str| {
         let s = UdpSocket::bind(a).unwrap_or_else(|e| panic!("bind {a}: {e}"));
-        s.set_read_timeout(Some(Duration::from_secs(2))).expect("timeout");
+        s.set_read_timeout(Some(Duration::from_secs(2)))
+            .expect("timeout");
         s
     };
     let a = bind("127.0.0.2:4789");
@@ -104,13 +128,17 @@ fn main() -> ExitCode {
     println!("1. host 10.0.0.1 (VTEP A, VNI 100) broadcasts an ARP request for 10.0.0.2");
     let req = arp(1, MAC_A, IP_A, [0; 6], IP_B, [0xff; 6]);
     a.send_to(&vxlan(100, &req), ROUTER).expect("send");
-    let Some((got, _)) = recv(&b, "VTEP B") else { return ExitCode::FAILURE };
+    let Some((got, _)) = recv(&b, "VTEP B") else {
+        return ExitCode::FAILURE;
+    };
     if got.get(4..7) != Some(&[0, 0, 200][..]) {
         println!("  expected VNI 200");
         return ExitCode::FAILURE;
     }
 
-    println!("2. host 10.0.0.2 (VTEP B, VNI 200) answers; the router has learned where 10.0.0.1 is");
+    println!(
+        "2. host 10.0.0.2 (VTEP B, VNI 200) answers; the router has learned where 10.0.0.1 is"
+    );
     let rep = arp(2, MAC_B, IP_B, MAC_A, IP_A, MAC_A);
     b.send_to(&vxlan(200, &rep), ROUTER).expect("send");
     if recv(&a, "VTEP A").is_none() {
@@ -120,7 +148,8 @@ fn main() -> ExitCode {
     println!("3. two UDP flows from 10.0.0.1 to 10.0.0.2: unicast, one outer source port per flow");
     let mut ports = Vec::new();
     for sport in [5001u16, 5002, 5001, 5002] {
-        a.send_to(&vxlan(100, &udp(sport, b"hello")), ROUTER).expect("send");
+        a.send_to(&vxlan(100, &udp(sport, b"hello")), ROUTER)
+            .expect("send");
         match recv(&b, "VTEP B") {
             Some((_, from)) => {
                 println!("     outer source port {}", from.port());
@@ -138,5 +167,9 @@ fn main() -> ExitCode {
             "a flow changed its outer source port"
         }
     );
-    if ok { ExitCode::SUCCESS } else { ExitCode::FAILURE }
+    if ok {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    }
 }

@@ -376,8 +376,18 @@ impl Context<'_> {
                 position,
             },
             path: String::new(),
-            // The formatter's text is not sanitised for a terminal (see its docs).
-            message: message.escape_debug().to_string(),
+            // The formatter's text is not sanitised for a terminal (see its docs): escape
+            // control characters, but leave quotes readable.
+            message: message
+                .chars()
+                .flat_map(|c| {
+                    let keep = !c.is_control();
+                    let esc = (!keep).then(|| c.escape_default());
+                    keep.then_some(c)
+                        .into_iter()
+                        .chain(esc.into_iter().flatten())
+                })
+                .collect(),
         }
     }
 }

@@ -354,6 +354,10 @@ fn worker_loop<NF, F>(
             revents: 0,
         });
     }
+    // Kernel drop counters of our receiving sockets, read once a second.
+    let drop_fds: Vec<RawFd> = pollfds.iter().map(|p| p.fd).collect();
+    let mut drops_seen: Vec<u32> = vec![0; drop_fds.len()];
+    let mut next_drop_check = Instant::now();
     shared.running.fetch_add(1, Ordering::Relaxed);
     while !shared.stop.load(Ordering::Relaxed) {
         {
@@ -365,6 +369,16 @@ fn worker_loop<NF, F>(
         }
         let now = Instant::now();
         engine.handle_timeout(now);
+        if now >= next_drop_check {
+            next_drop_check = now + Duration::from_secs(1);
+            for (fd, seen) in drop_fds.iter().zip(drops_seen.iter_mut()) {
+                if let Ok(d) = crate::io::socket_drops(*fd) {
+                    counters.drops[DropReason::RxOverrun.index()]
+                        .add(u64::from(d.wrapping_sub(*seen)));
+                    *seen = d;
+                }
+            }
+        }
         let mut busy = false;
         if let Some(u) = io.udp_rx.as_mut() {
             match u.recv_batch(&mut rx) {

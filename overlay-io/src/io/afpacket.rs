@@ -105,6 +105,9 @@ impl AfPacket {
             .map_err(|e| with_context(e, what("PACKET_IGNORE_OUTGOING")))?;
         set_int_opt(&fd, libc::SOL_PACKET, libc::PACKET_AUXDATA, 1)
             .map_err(|e| with_context(e, what("PACKET_AUXDATA")))?;
+        // The default 208 KiB overflows under a TCP burst; overflows are counted through
+        // `super::socket_drops` as `rx_overrun`.
+        super::size_buffers(fd.as_raw_fd());
 
         // SAFETY: sockaddr_ll is plain data; all-zero is a valid value.
         let mut addr: libc::sockaddr_ll = unsafe { mem::zeroed() };

@@ -52,8 +52,7 @@ impl UdpRx {
         if addr.is_ipv6() {
             sock.set_only_v6(true)?;
         }
-        // Bursts from many VTEPs arrive faster than one wakeup drains them.
-        let _ = sock.set_recv_buffer_size(8 << 20);
+        super::size_buffers(sock.as_raw_fd());
         sock.bind(&SockAddr::from(addr)).map_err(|e| {
             io::Error::new(e.kind(), format!("cannot bind the VXLAN port {addr}: {e}"))
         })?;
@@ -199,7 +198,7 @@ impl UdpTx {
             if addr.is_ipv6() {
                 s.set_only_v6(true)?;
             }
-            let _ = s.set_send_buffer_size(4 << 20);
+            super::size_buffers(s.as_raw_fd());
             s.bind(&SockAddr::from(addr)).map_err(|e| {
                 io::Error::new(
                     e.kind(),
