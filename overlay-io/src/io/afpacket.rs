@@ -266,6 +266,11 @@ impl AfPacket {
             buf.set_received(len);
             if let Some(aux) = aux {
                 restore_vlan_tag(buf, &aux);
+                // A local sender with checksum offload left the TCP/UDP checksum partial;
+                // we forward the frame elsewhere, so finish it as its NIC would have.
+                if aux.tp_status & libc::TP_STATUS_CSUMNOTREADY != 0 {
+                    crate::wire::checksum::complete_partial(buf.bytes_mut());
+                }
             }
             delivered += 1;
         }

@@ -6,6 +6,7 @@
 //! Everything else (Ethernet, ARP, IPv4/IPv6, UDP, TCP, ICMP) is smoltcp's own `wire`,
 //! re-exported as [`smol`]. Nothing here panics on any input once `new_checked` succeeded.
 
+pub mod checksum;
 pub mod flow;
 pub mod vlan;
 pub mod vxlan;
