@@ -146,7 +146,7 @@ mod tests {
 
     #[test]
     fn completes_tagged_tcp() {
-        let mut f = vec![0u8; 14 + 20 + 20 + 3];
+        let mut f = [0u8; 14 + 20 + 20 + 3];
         f[12..14].copy_from_slice(&[0x08, 0x00]);
         f[14] = 0x45;
         f[16..18].copy_from_slice(&43u16.to_be_bytes());
