@@ -3,6 +3,7 @@
 
 use std::net::Ipv4Addr;
 
+pub mod fuzz_targets;
 pub mod netns;
 
 /// A MAC address for host `n` (locally administered, unicast).

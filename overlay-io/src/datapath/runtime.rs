@@ -216,8 +216,8 @@ impl<NF: NetworkFunction + 'static> Datapath<NF> {
                 "the set of trunk, untagged and TAP interfaces",
             ));
         }
-        if t_old.workers != t_new.workers {
-            return Err(DatapathError::NeedsRestart("the number of workers"));
+        if t_old != t_new {
+            return Err(DatapathError::NeedsRestart("`workers` or `batch_size`"));
         }
         let inst = Arc::new(Installed::new(dp, &self.hub)?);
         let id = self.shared.next_id.fetch_add(1, Ordering::Relaxed);
