@@ -508,6 +508,34 @@ mod tests {
     }
 
     #[test]
+    fn ipv6_underlay_round_trip() {
+        let lo6 = IpAddr::V6(std::net::Ipv6Addr::LOCALHOST);
+        let Ok(mut rx) = UdpRx::bind(SocketAddr::new(lo6, 0), false) else {
+            eprintln!("skipped: ipv6_underlay_round_trip: no IPv6 loopback on this machine");
+            return;
+        };
+        let port = rx.local_addr().unwrap().port();
+        let mut tx = UdpTx::open(lo6, 2, port, true).unwrap();
+        let payloads: Vec<Vec<u8>> = (0..3u8).map(|i| vec![i; 1200]).collect();
+        let st = tx.send(payloads.len(), |i| (0, lo6, &payloads[i][..]));
+        assert_eq!(st.sent, 3, "{st:?}");
+        let mut bufs: Vec<PacketBuf> = (0..8).map(|_| PacketBuf::new()).collect();
+        let mut got = Vec::new();
+        for _ in 0..200 {
+            let n = rx.recv_batch(&mut bufs).unwrap();
+            for b in &bufs[..n] {
+                assert_eq!(b.vtep, Some(lo6));
+                got.push(b.bytes().to_vec());
+            }
+            if got.len() >= 3 {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+        assert_eq!(got, payloads);
+    }
+
+    #[test]
     fn source_sockets_have_distinct_ephemeral_ports() {
         let tx = UdpTx::open(LO, 8, 4789, true).unwrap();
         let mut p = tx.source_ports().to_vec();
