@@ -51,6 +51,9 @@ pub struct RawUnderlay {
     /// Send runs of same-sized packets to one VTEP as one UDP GSO super-packet.
     #[serde(default = "default_true")]
     pub gso: bool,
+    /// Ask the kernel to coalesce received datagrams of one flow (UDP GRO).
+    #[serde(default = "default_true")]
+    pub gro: bool,
 }
 
 impl Default for RawUnderlay {
@@ -61,6 +64,7 @@ impl Default for RawUnderlay {
             source_ports: default_source_ports(),
             mtu: default_underlay_mtu(),
             gso: true,
+            gro: true,
         }
     }
 }
@@ -140,6 +144,8 @@ pub struct Underlay {
     pub mtu: u32,
     /// UDP GSO on send.
     pub gso: bool,
+    /// UDP GRO on receive.
+    pub gro: bool,
 }
 
 /// What a port is.
@@ -190,7 +196,7 @@ pub struct DatapathConfig {
 
 /// The parts of a config that decide which sockets and threads exist.
 pub type IoShape = (
-    Option<(SocketAddr, u16, bool)>,
+    Option<(SocketAddr, u16, bool, bool)>,
     Vec<(String, IfaceKind)>,
     Tuning,
 );
@@ -235,7 +241,7 @@ impl DatapathConfig {
         (
             self.underlay
                 .as_ref()
-                .map(|u| (u.local, u.source_ports, u.gso)),
+                .map(|u| (u.local, u.source_ports, u.gso, u.gro)),
             self.ifaces(),
             self.tuning,
         )
@@ -561,6 +567,7 @@ pub fn compile(
         source_ports: underlay.source_ports,
         mtu: underlay.mtu,
         gso: underlay.gso,
+        gro: underlay.gro,
     });
     Ok(DatapathConfig {
         underlay,

@@ -208,7 +208,7 @@ impl<NF: NetworkFunction + 'static> Datapath<NF> {
         let (u_new, if_new, t_new) = dp.io_shape();
         if u_old != u_new {
             return Err(DatapathError::NeedsRestart(
-                "the underlay (address, port, source_ports, gso)",
+                "the underlay (address, port, source_ports, gso, gro)",
             ));
         }
         if if_old != if_new {
@@ -271,7 +271,7 @@ fn open_io(dp: &DatapathConfig, workers: usize) -> Result<Vec<WorkerIo>, Datapat
         let (udp_rx, udp_tx) = match &dp.underlay {
             Some(u) => (
                 Some(
-                    UdpRx::bind(u.local, workers > 1)
+                    UdpRx::bind(u.local, workers > 1, u.gro)
                         .map_err(io_err(format!("VXLAN port {}", u.local)))?,
                 ),
                 Some(
