@@ -90,7 +90,8 @@ pub enum DropReason {
     VxlanBadFlags,
     /// VXLAN for a VNI this VTEP has not joined.
     VniNotJoined,
-    /// VXLAN from a source VTEP that the VNI's allow-list does not name.
+    /// VXLAN from a source VTEP that the VNI's allow-list does not name, or claiming to
+    /// come from this VTEP's own address.
     VtepNotAllowed,
     /// A frame shorter than an Ethernet header, or with a multicast source MAC.
     FrameMalformed,

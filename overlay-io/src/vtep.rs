@@ -83,6 +83,9 @@ struct VniState {
 #[derive(Debug, Default)]
 pub struct Vtep {
     vnis: HashMap<Vni, VniState, foldhash::fast::FixedState>,
+    /// Our own address: VXLAN claiming to come from it is spoofed, and learning a MAC
+    /// "behind" it would make us send to ourselves.
+    local: Option<IpAddr>,
 }
 
 /// A VNI to join: its settings, its port and its counter slot.
@@ -100,6 +103,11 @@ impl Vtep {
     /// An empty VTEP that has joined nothing.
     pub fn new() -> Vtep {
         Vtep::default()
+    }
+
+    /// Set this VTEP's own underlay address.
+    pub fn set_local(&mut self, local: Option<IpAddr>) {
+        self.local = local;
     }
 
     /// Join exactly these VNIs. Learned entries of VNIs that stay joined survive (a reload
@@ -142,6 +150,9 @@ impl Vtep {
             .vnis
             .get_mut(&repr.vni)
             .ok_or(DropReason::VniNotJoined)?;
+        if self.local == Some(src) {
+            return Err(DropReason::VtepNotAllowed);
+        }
         if let Some(allowed) = &st.cfg.allowed_vteps
             && allowed.binary_search(&src).is_err()
         {
@@ -318,6 +329,19 @@ mod tests {
             Err(DropReason::VxlanMalformed)
         );
         assert_eq!(c.vnis[0].fdb_learned.get(), 0);
+    }
+
+    #[test]
+    fn own_address_is_never_a_source() {
+        let vni = Vni::new(100).unwrap();
+        let (mut v, c) = vtep(VniConfig::new(vni));
+        v.set_local(Some(ip("198.18.0.1")));
+        let mut p = vxlan_frame(0x08, 100, H1, BCAST);
+        assert_eq!(
+            v.decap(&mut p, ip("198.18.0.1"), Instant::now(), &c),
+            Err(DropReason::VtepNotAllowed)
+        );
+        assert_eq!(v.dest(vni, &H1), Some(Dest::Flood(&[][..])));
     }
 
     #[test]

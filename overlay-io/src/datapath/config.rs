@@ -429,11 +429,11 @@ pub fn compile(
             let mut allowed = p.allowed_vteps.clone();
             if let Some(list) = &mut allowed {
                 for (j, a) in list.iter().enumerate() {
-                    if !same_family(a) {
+                    if !same_family(a) || *a == local {
                         err(
                             e,
                             format!("ports[{i}].allowed_vteps[{j}]"),
-                            format!("{a} is not of the underlay's address family"),
+                            format!("{a} is not a remote VTEP of this underlay"),
                         );
                     }
                 }
@@ -450,11 +450,11 @@ pub fn compile(
                         format!("`{}` is not a unicast MAC address", s.mac),
                     ),
                 }
-                if !same_family(&s.vtep) {
+                if !same_family(&s.vtep) || s.vtep == local || s.vtep.is_unspecified() {
                     err(
                         e,
                         format!("ports[{i}].static_macs[{j}].vtep"),
-                        format!("{} is not of the underlay's address family", s.vtep),
+                        format!("{} is not a remote VTEP of this underlay", s.vtep),
                     );
                 }
             }

@@ -188,6 +188,7 @@ impl<NF: NetworkFunction> Engine<NF> {
     /// An engine over an installed config.
     pub fn new(inst: Arc<Installed>, nf: NF, counters: Arc<WorkerCounters>) -> Engine<NF> {
         let mut vtep = Vtep::new();
+        vtep.set_local(inst.dp.underlay.as_ref().map(|u| u.local.ip()));
         vtep.configure(&inst.joins);
         let batch = inst.dp.tuning.batch_size;
         Engine {
@@ -234,6 +235,8 @@ impl<NF: NetworkFunction> Engine<NF> {
             old.ports.iter().map(|p| inst.dp.port_id(&p.name)).collect();
         let remap_fn = |p: PortId| remap.get(usize::from(p.0)).copied().flatten();
         self.nf.reconfigure(nf_cfg, &remap_fn);
+        self.vtep
+            .set_local(inst.dp.underlay.as_ref().map(|u| u.local.ip()));
         self.vtep.configure(&inst.joins);
         if inst.dp.tuning.batch_size > self.verdicts.len() {
             self.verdicts.resize(
