@@ -13,14 +13,12 @@
 use std::cell::RefCell;
 use std::collections::BTreeSet;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
-use std::sync::{Arc, OnceLock};
+use std::sync::OnceLock;
 use std::time::Duration;
 
-use overlay_io::bridge;
 use overlay_io::buf::{ETH_HEADER_LEN, MAX_FRAME, PacketBuf};
 use overlay_io::datapath::config::PortKind;
 use overlay_io::io::mem::{MemNet, Sent};
-use overlay_io::metrics::MetricsHub;
 use overlay_io::pipeline::PortId;
 use overlay_io::wire::smol::{EthernetProtocol, IpProtocol, Ipv4Packet, Ipv6Packet};
 use overlay_io::wire::{checksum, flow, vlan, vxlan};
@@ -103,14 +101,7 @@ fn router_config() -> &'static RouterConfig {
 
 /// A fresh router over [`ROUTER_CONFIG`], with empty tables and its own clock.
 pub fn new_router_net() -> MemNet<Router> {
-    let cfg = router_config();
-    let hub = Arc::new(MetricsHub::default());
-    let mut b = cfg.bridges.clone();
-    bridge::resolve_slots(&mut b, &hub).expect("counter slots");
-    MemNet::new(hub, (*cfg.datapath).clone(), &Arc::new(b), |b, c| {
-        Router::new(b, c)
-    })
-    .expect("engine")
+    Router::in_memory(router_config()).expect("engine")
 }
 
 thread_local! {

@@ -7,7 +7,6 @@ use std::time::Duration;
 
 use overlay_io::bridge;
 use overlay_io::io::mem::{MemNet, Sent};
-use overlay_io::metrics::MetricsHub;
 use overlay_io::pipeline::DropReason;
 use vnf_router::{Router, RouterConfig, config};
 use vnf_tests::*;
@@ -35,14 +34,7 @@ fn compile(yaml: &str) -> RouterConfig {
 }
 
 fn net(yaml: &str) -> MemNet<Router> {
-    let cfg = compile(yaml);
-    let hub = Arc::new(MetricsHub::default());
-    let mut b = cfg.bridges.clone();
-    bridge::resolve_slots(&mut b, &hub).expect("slots");
-    MemNet::new(hub, (*cfg.datapath).clone(), &Arc::new(b), |b, c| {
-        Router::new(b, c)
-    })
-    .expect("engine")
+    Router::in_memory(&compile(yaml)).expect("engine")
 }
 
 fn h(n: u8) -> Ipv4Addr {

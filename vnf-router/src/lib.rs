@@ -18,6 +18,7 @@ use overlay_io::bridge::{self, Bridge, DomainConfig};
 use overlay_io::buf::PacketBuf;
 use overlay_io::daemon::{ConfigError, VnfApp};
 use overlay_io::datapath::Datapath;
+use overlay_io::io::mem::MemNet;
 use overlay_io::metrics::{DatapathCollector, MetricsHub, WorkerCounters};
 use overlay_io::pipeline::{NetworkFunction, PortId, Verdict};
 
@@ -40,6 +41,17 @@ impl Router {
     /// The L2 gateway's bridge domains.
     pub fn bridge(&self) -> &Bridge {
         &self.bridge
+    }
+
+    /// The whole router datapath on the in-memory backend, for tests and fuzzing: the same
+    /// engine the sockets drive, with its own metrics hub and a simulated clock.
+    pub fn in_memory(config: &RouterConfig) -> Result<MemNet<Router>, String> {
+        let hub = Arc::new(MetricsHub::default());
+        let bridges = with_slots(config, &hub)?;
+        MemNet::new(hub, (*config.datapath).clone(), &bridges, |b, c| {
+            Router::new(b, c)
+        })
+        .map_err(|e| e.to_string())
     }
 }
 
