@@ -176,6 +176,79 @@ pub enum Verdict {
     Drop(DropReason),
 }
 
+/// Frames a network function originates rather than forwards: ARP requests, packets
+/// released by an ARP reply, gratuitous ARP. Buffers are allocated once; a full queue
+/// refuses more (the function counts that as its own drop).
+#[derive(Debug)]
+pub struct Transmit {
+    bufs: Vec<PacketBuf>,
+    ports: Vec<PortId>,
+    used: usize,
+}
+
+impl Transmit {
+    /// Room for `capacity` frames per batch.
+    pub fn new(capacity: usize) -> Transmit {
+        Transmit {
+            bufs: (0..capacity).map(|_| PacketBuf::new()).collect(),
+            ports: vec![PortId(0); capacity],
+            used: 0,
+        }
+    }
+
+    /// A buffer for a frame to send out of `port`, or `None` when the queue is full. The
+    /// buffer is empty, with full headroom; write the frame with [`PacketBuf::fill`].
+    pub fn frame(&mut self, port: PortId) -> Option<&mut PacketBuf> {
+        let i = self.used;
+        let b = self.bufs.get_mut(i)?;
+        b.reset();
+        self.ports[i] = port;
+        self.used += 1;
+        Some(b)
+    }
+
+    /// Queue a copy of `bytes` out of `port`; `false` when full.
+    pub fn send(&mut self, port: PortId, bytes: &[u8]) -> bool {
+        match self.frame(port) {
+            Some(b) => {
+                b.fill(bytes);
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Frames queued.
+    pub fn len(&self) -> usize {
+        self.used
+    }
+
+    /// Whether nothing is queued.
+    pub fn is_empty(&self) -> bool {
+        self.used == 0
+    }
+
+    /// The port of frame `i`.
+    pub fn port(&self, i: usize) -> PortId {
+        self.ports[i]
+    }
+
+    /// Frame `i`.
+    pub fn buf(&self, i: usize) -> &PacketBuf {
+        &self.bufs[i]
+    }
+
+    /// Frame `i`, mutable (encapsulation prepends in place).
+    pub fn buf_mut(&mut self, i: usize) -> &mut PacketBuf {
+        &mut self.bufs[i]
+    }
+
+    /// Forget queued frames.
+    pub fn clear(&mut self) {
+        self.used = 0;
+    }
+}
+
 /// A network function: a state machine over packet batches.
 ///
 /// `process` must leave exactly one verdict per packet in `verdicts` (same length as
@@ -201,6 +274,10 @@ pub trait NetworkFunction: Send {
 
     /// Run timers that are due (ageing, retransmits).
     fn handle_timeout(&mut self, now: Instant);
+
+    /// Queue the frames the function originates; called after every batch and every
+    /// timer run. Most functions only forward, hence the default.
+    fn poll_transmit(&mut self, _tx: &mut Transmit) {}
 }
 
 #[cfg(test)]

@@ -15,7 +15,7 @@ use crate::Vni;
 use crate::buf::{ETH_HEADER_LEN, PacketBuf};
 use crate::datapath::config::{DatapathConfig, IfaceKind, PortKind};
 use crate::metrics::{MetricsHub, SlotsExhausted, WorkerCounters};
-use crate::pipeline::{DropReason, NetworkFunction, PortId, PortSet, Verdict};
+use crate::pipeline::{DropReason, NetworkFunction, PortId, PortSet, Transmit, Verdict};
 use crate::vtep::{Dest, Join, Vtep};
 use crate::wire::{flow, vlan};
 
@@ -23,6 +23,8 @@ use crate::wire::{flow, vlan};
 const AGE_INTERVAL: Duration = Duration::from_secs(1);
 /// Flood copies one batch can make before copies are dropped as `no_buffer`.
 pub const SCRATCH_BUFS: usize = 256;
+/// Frames a network function may originate per batch or timer run.
+pub const TRANSMIT_BUFS: usize = 64;
 
 /// How frames leave a port.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -138,6 +140,8 @@ pub enum BufRef {
     Rx(u16),
     /// The engine's scratch buffers (flood copies), by index.
     Scratch(u16),
+    /// Frames the network function originated, by index.
+    Tx(u16),
 }
 
 /// A VXLAN datagram to send.
@@ -179,6 +183,7 @@ pub struct Engine<NF> {
     verdicts: Vec<Verdict>,
     scratch: Vec<PacketBuf>,
     scratch_used: usize,
+    tx: Transmit,
     /// What to send, valid until [`Engine::clear`].
     pub out: Outbox,
     next_age: Option<Instant>,
@@ -199,6 +204,7 @@ impl<NF: NetworkFunction> Engine<NF> {
             verdicts: vec![Verdict::Drop(DropReason::NoBuffer); batch],
             scratch: (0..SCRATCH_BUFS).map(|_| PacketBuf::new()).collect(),
             scratch_used: 0,
+            tx: Transmit::new(TRANSMIT_BUFS),
             out: Outbox {
                 udp: Vec::with_capacity(batch * 4),
                 frames: Vec::with_capacity(batch * 2),
@@ -267,7 +273,22 @@ impl<NF: NetworkFunction> Engine<NF> {
         }
         if self.nf.poll_timeout().is_some_and(|t| now >= t) {
             self.nf.handle_timeout(now);
+            self.transmit(&mut []);
         }
+    }
+
+    /// Send what the function originated.
+    fn transmit(&mut self, rx: &mut [PacketBuf]) {
+        self.nf.poll_transmit(&mut self.tx);
+        for i in 0..self.tx.len() {
+            let port = self.tx.port(i);
+            self.egress(rx, BufRef::Tx(i as u16), port);
+        }
+    }
+
+    /// Whether anything waits in the outbox.
+    pub fn has_output(&self) -> bool {
+        !self.out.udp.is_empty() || !self.out.frames.is_empty()
     }
 
     /// Forget the previous batch's outputs and flood copies.
@@ -275,6 +296,7 @@ impl<NF: NetworkFunction> Engine<NF> {
         self.out.udp.clear();
         self.out.frames.clear();
         self.scratch_used = 0;
+        self.tx.clear();
     }
 
     /// The bytes an output refers to.
@@ -285,6 +307,8 @@ impl<NF: NetworkFunction> Engine<NF> {
                 .scratch
                 .get(usize::from(i))
                 .map_or(&[][..], PacketBuf::bytes),
+            BufRef::Tx(i) if usize::from(i) < self.tx.len() => self.tx.buf(usize::from(i)).bytes(),
+            BufRef::Tx(_) => &[],
         }
     }
 
@@ -357,6 +381,7 @@ impl<NF: NetworkFunction> Engine<NF> {
                 }
             }
         }
+        self.transmit(rx);
     }
 
     fn flood(&mut self, rx: &mut [PacketBuf], i: usize, set: PortSet) {
@@ -391,6 +416,7 @@ impl<NF: NetworkFunction> Engine<NF> {
         let buf = match r {
             BufRef::Rx(i) => &mut rx[usize::from(i)],
             BufRef::Scratch(i) => &mut self.scratch[usize::from(i)],
+            BufRef::Tx(i) => self.tx.buf_mut(usize::from(i)),
         };
         let len = buf.len();
         if len < ETH_HEADER_LEN {
@@ -487,4 +513,103 @@ fn classify(ifc: &Iface, p: &mut PacketBuf) -> Result<PortId, DropReason> {
         return ifc.native.ok_or(DropReason::VlanUnknown);
     }
     ifc.vlans.get(&vid).copied().ok_or(DropReason::VlanUnknown)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::datapath::config::{RawPort, RawUnderlay, compile};
+
+    /// A function that answers every frame with a copy of itself out of port 1 through
+    /// `poll_transmit`, drops the original, and sends a beacon on port 0 every second.
+    struct Beacon {
+        copies: Vec<(PortId, Vec<u8>)>,
+        next: Option<Instant>,
+    }
+
+    impl NetworkFunction for Beacon {
+        type Config = ();
+        fn reconfigure(&mut self, _: &Arc<()>, _: &dyn Fn(PortId) -> Option<PortId>) {}
+        fn process(&mut self, pkts: &mut [PacketBuf], verdicts: &mut [Verdict], now: Instant) {
+            for (p, v) in pkts.iter().zip(verdicts.iter_mut()) {
+                self.copies.push((PortId(1), p.bytes().to_vec()));
+                *v = Verdict::Drop(DropReason::NoDestination);
+            }
+            self.next.get_or_insert(now + Duration::from_secs(1));
+        }
+        fn poll_timeout(&self) -> Option<Instant> {
+            self.next
+        }
+        fn handle_timeout(&mut self, now: Instant) {
+            let mut beacon = vec![0xff; 6];
+            beacon.extend_from_slice(&[2, 0, 0, 0, 0, 9, 0x88, 0xb5]);
+            beacon.extend_from_slice(&[0u8; 46]);
+            self.copies.push((PortId(0), beacon));
+            self.next = Some(now + Duration::from_secs(1));
+        }
+        fn poll_transmit(&mut self, tx: &mut Transmit) {
+            for (port, f) in self.copies.drain(..) {
+                assert!(tx.send(port, &f));
+            }
+        }
+    }
+
+    fn engine() -> Engine<Beacon> {
+        let ports = vec![
+            RawPort {
+                name: "a".into(),
+                vni: Some(100),
+                flood: vec!["198.18.0.2".parse().unwrap()],
+                ..Default::default()
+            },
+            RawPort {
+                name: "b".into(),
+                interface: Some("eth1".into()),
+                ..Default::default()
+            },
+        ];
+        let u = RawUnderlay {
+            address: Some("198.18.0.1".parse().unwrap()),
+            ..Default::default()
+        };
+        let dp = compile(&u, &ports, 1, 8).unwrap();
+        let hub = MetricsHub::default();
+        let inst = Arc::new(Installed::new(Arc::new(dp), &hub).unwrap());
+        let c = hub.add_worker();
+        Engine::new(
+            inst,
+            Beacon {
+                copies: Vec::new(),
+                next: None,
+            },
+            c,
+        )
+    }
+
+    #[test]
+    fn originated_frames_are_sent_after_batches_and_timers() {
+        let mut e = engine();
+        let t0 = Instant::now();
+        let mut rx: Vec<PacketBuf> = (0..2).map(|_| PacketBuf::new()).collect();
+        let frame = [
+            [2, 0, 0, 0, 0, 2, 2, 0, 0, 0, 0, 1, 0x08, 0x00].as_slice(),
+            &[0u8; 46],
+        ]
+        .concat();
+        rx[0].fill(&frame);
+        e.clear();
+        e.rx_iface(0, &mut rx[..1], t0);
+        // The copy leaves through the interface port (iface 0 = eth1).
+        assert_eq!(e.out.frames.len(), 1);
+        assert_eq!(e.bytes(&rx, e.out.frames[0].buf), &frame[..]);
+        assert!(e.out.udp.is_empty());
+        // A second later the beacon goes out on the VNI port: flooded to the VTEP.
+        e.clear();
+        e.handle_timeout(t0 + Duration::from_secs(1));
+        assert!(e.has_output());
+        assert_eq!(e.out.udp.len(), 1);
+        let d = e.bytes(&rx, e.out.udp[0].buf);
+        assert_eq!(&d[..8], &[0x08, 0, 0, 0, 0, 0, 100, 0]);
+        assert_eq!(d[8..14], [0xff; 6]);
+    }
 }

@@ -368,7 +368,12 @@ fn worker_loop<NF, F>(
             }
         }
         let now = Instant::now();
+        engine.clear();
         engine.handle_timeout(now);
+        if engine.has_output() {
+            // Frames the function originated on a timer (ARP retries and the like).
+            flush(&engine, &rx[..0], &mut io, &mut udp_items);
+        }
         if now >= next_drop_check {
             next_drop_check = now + Duration::from_secs(1);
             for (fd, seen) in drop_fds.iter().zip(drops_seen.iter_mut()) {

@@ -77,9 +77,10 @@ impl<NF: NetworkFunction> MemNet<NF> {
         self.now
     }
 
-    /// Move the clock and run due timers.
-    pub fn advance(&mut self, d: Duration) {
+    /// Move the clock and run due timers; returns what the timers sent.
+    pub fn advance(&mut self, d: Duration) -> Vec<Sent> {
         self.now += d;
+        self.engine.clear();
         // Timers may be due several times over a long jump; run until none is.
         for _ in 0..1000 {
             match self.engine.poll_timeout() {
@@ -91,6 +92,7 @@ impl<NF: NetworkFunction> MemNet<NF> {
                 Some(_) => break,
             }
         }
+        self.collect(0)
     }
 
     /// Swap in a new config, as a reload does.
