@@ -116,11 +116,14 @@ pub enum DropReason {
     /// The kernel dropped packets because a socket's receive buffer was full: the worker
     /// fell behind (counted once a second from the socket's drop counter).
     RxOverrun,
+    /// A received frame larger than a packet buffer (9216 bytes): a GRO or GSO
+    /// super-frame from an interface with receive offloads on, or an oversize jumbo frame.
+    Oversize,
 }
 
 impl DropReason {
     /// Every reason, in label order.
-    pub const ALL: [DropReason; 14] = [
+    pub const ALL: [DropReason; 15] = [
         DropReason::VxlanMalformed,
         DropReason::VxlanBadFlags,
         DropReason::VniNotJoined,
@@ -135,6 +138,7 @@ impl DropReason {
         DropReason::TxError,
         DropReason::NoBuffer,
         DropReason::RxOverrun,
+        DropReason::Oversize,
     ];
 
     /// The metric label value.
@@ -154,6 +158,7 @@ impl DropReason {
             DropReason::TxError => "tx_error",
             DropReason::NoBuffer => "no_buffer",
             DropReason::RxOverrun => "rx_overrun",
+            DropReason::Oversize => "oversize",
         }
     }
 

@@ -111,6 +111,14 @@ impl IfaceIo {
         }
     }
 
+    /// Frames dropped so far because they did not fit a buffer.
+    fn truncated(&self) -> u64 {
+        match self {
+            IfaceIo::Packet(p) => p.truncated,
+            IfaceIo::Tap(t) => t.truncated,
+        }
+    }
+
     fn fd(&self) -> RawFd {
         match self {
             IfaceIo::Packet(p) => p.as_raw_fd(),
@@ -287,10 +295,23 @@ fn open_io(dp: &DatapathConfig, workers: usize) -> Result<Vec<WorkerIo>, Datapat
                 IfaceKind::Packet => {
                     let fanout = (workers > 1)
                         .then_some((fanout_group.wrapping_add(k as u16), workers as u32));
-                    Some(IfaceIo::Packet(
-                        AfPacket::open(name, fanout)
-                            .map_err(io_err(format!("interface {name}")))?,
-                    ))
+                    let p = AfPacket::open(name, fanout)
+                        .map_err(io_err(format!("interface {name}")))?;
+                    if w == 0 {
+                        match p.disable_receive_offloads() {
+                            Ok(true) => tracing::info!(
+                                interface = %name,
+                                "turned GRO/LRO off: a forwarding port needs frames as they were on the wire"
+                            ),
+                            Ok(false) => {}
+                            Err(e) => tracing::warn!(
+                                interface = %name,
+                                error = %e,
+                                "cannot turn GRO/LRO off; super-frames will be dropped as oversize"
+                            ),
+                        }
+                    }
+                    Some(IfaceIo::Packet(p))
                 }
                 IfaceKind::Tap if w == 0 => {
                     let t = Tap::open(name).map_err(io_err(format!("TAP {name}")))?;
@@ -401,7 +422,13 @@ fn worker_loop<NF, F>(
             let Some(ifc) = io.ifaces[k].own.as_mut() else {
                 continue;
             };
-            match ifc.recv(&mut rx) {
+            let truncated = ifc.truncated();
+            let got = ifc.recv(&mut rx);
+            let over = ifc.truncated() - truncated;
+            if over > 0 {
+                counters.drops[DropReason::Oversize.index()].add(over);
+            }
+            match got {
                 Ok(0) => {}
                 Ok(n) => {
                     busy = true;

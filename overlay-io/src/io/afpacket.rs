@@ -181,6 +181,53 @@ impl AfPacket {
         self.ifindex
     }
 
+    /// Turn off GRO and LRO on the interface, so the kernel hands up frames as they were
+    /// on the wire. A datapath that forwards frames needs them no larger than the MTU; a
+    /// GRO-merged 64 KiB TCP super-frame does not fit a packet buffer or the egress port.
+    /// Returns whether either was on. Best effort: some drivers refuse, and say so.
+    pub fn disable_receive_offloads(&self) -> io::Result<bool> {
+        // linux/ethtool.h
+        const ETHTOOL_GGRO: u32 = 0x2b;
+        const ETHTOOL_SGRO: u32 = 0x2c;
+        const ETHTOOL_GFLAGS: u32 = 0x25;
+        const ETHTOOL_SFLAGS: u32 = 0x26;
+        const ETH_FLAG_LRO: u32 = 1 << 15;
+        let mut changed = false;
+        let gro = self.ethtool(ETHTOOL_GGRO, 0)?;
+        if gro != 0 {
+            self.ethtool(ETHTOOL_SGRO, 0)?;
+            changed = true;
+        }
+        let flags = self.ethtool(ETHTOOL_GFLAGS, 0)?;
+        if flags & ETH_FLAG_LRO != 0 {
+            self.ethtool(ETHTOOL_SFLAGS, flags & !ETH_FLAG_LRO)?;
+            changed = true;
+        }
+        Ok(changed)
+    }
+
+    /// One `SIOCETHTOOL` get or set of a 32-bit value.
+    fn ethtool(&self, cmd: u32, data: u32) -> io::Result<u32> {
+        #[repr(C)]
+        struct EthtoolValue {
+            cmd: u32,
+            data: u32,
+        }
+        let mut v = EthtoolValue { cmd, data };
+        let mut req = ifreq_for(&self.ifname)?;
+        req.ifr_ifru.ifru_data = (&raw mut v).cast();
+        // SAFETY: `req` names the interface and points at `v`, a live ethtool_value that
+        // the kernel reads and (for a get) writes; both outlive the call.
+        let rc = unsafe { libc::ioctl(self.fd.as_raw_fd(), libc::SIOCETHTOOL, &raw mut req) };
+        if rc != 0 {
+            return Err(os_error(format_args!(
+                "ethtool command {cmd:#x} on {}",
+                self.ifname
+            )));
+        }
+        Ok(v.data)
+    }
+
     /// The interface's current MTU (`SIOCGIFMTU`).
     pub fn mtu(&self) -> io::Result<u32> {
         let mut req = ifreq_for(&self.ifname)?;
