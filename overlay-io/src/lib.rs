@@ -10,6 +10,8 @@
 //! - [`fdb`] and [`vtep`]: the VXLAN tunnel endpoint: per-VNI forwarding tables with
 //!   learning, ageing, caps, flood lists and source-VTEP allow-lists.
 //! - [`bridge`]: L2 bridge domains (MAC learning between ports), the VXLAN gateway.
+//! - [`ipv4`]: IPv4 forwarding helpers for routed functions: header checks (RFC 1812),
+//!   TTL decrement with incremental checksum (RFC 1624), ICMP rate limiting.
 //! - [`pipeline`]: the sans-IO [`NetworkFunction`](pipeline::NetworkFunction) trait, ports,
 //!   verdicts and drop reasons.
 //! - [`datapath`]: ports, the worker threads that run I/O around a network function, and
@@ -24,6 +26,7 @@ pub mod daemon;
 pub mod datapath;
 pub mod fdb;
 pub mod io;
+pub mod ipv4;
 pub mod metrics;
 pub mod pipeline;
 pub mod vni;

@@ -119,11 +119,14 @@ pub enum DropReason {
     /// A received frame larger than a packet buffer (9216 bytes): a GRO or GSO
     /// super-frame from an interface with receive offloads on, or an oversize jumbo frame.
     Oversize,
+    /// An IPv4 header a router must not forward (RFC 1812 §5.2.2): too short, not version
+    /// 4, a header or total length that does not fit, or a bad checksum.
+    IpMalformed,
 }
 
 impl DropReason {
     /// Every reason, in label order.
-    pub const ALL: [DropReason; 15] = [
+    pub const ALL: [DropReason; 16] = [
         DropReason::VxlanMalformed,
         DropReason::VxlanBadFlags,
         DropReason::VniNotJoined,
@@ -139,6 +142,7 @@ impl DropReason {
         DropReason::NoBuffer,
         DropReason::RxOverrun,
         DropReason::Oversize,
+        DropReason::IpMalformed,
     ];
 
     /// The metric label value.
@@ -159,6 +163,7 @@ impl DropReason {
             DropReason::NoBuffer => "no_buffer",
             DropReason::RxOverrun => "rx_overrun",
             DropReason::Oversize => "oversize",
+            DropReason::IpMalformed => "ip_malformed",
         }
     }
 
