@@ -379,6 +379,16 @@ fn worker_loop<NF, F>(
     let drop_fds: Vec<RawFd> = pollfds.iter().map(|p| p.fd).collect();
     let mut drops_seen: Vec<u32> = vec![0; drop_fds.len()];
     let mut next_drop_check = Instant::now();
+    // A socket error repeats on every iteration (an interface gone down, say): log it
+    // at most once a second.
+    let mut last_warn: Option<Instant> = None;
+    let mut warn = |what: &str, e: &std::io::Error| {
+        let now = Instant::now();
+        if last_warn.is_none_or(|t| now.duration_since(t) >= Duration::from_secs(1)) {
+            last_warn = Some(now);
+            tracing::warn!(error = %e, "{what} failed (repeats are logged once a second)");
+        }
+    };
     shared.running.fetch_add(1, Ordering::Relaxed);
     while !shared.stop.load(Ordering::Relaxed) {
         {
@@ -415,7 +425,7 @@ fn worker_loop<NF, F>(
                     engine.rx_underlay(&mut rx[..n], now);
                     flush(&engine, &rx[..n], &mut io, &mut udp_items);
                 }
-                Err(e) => tracing::warn!(error = %e, "VXLAN receive failed"),
+                Err(e) => warn("VXLAN receive", &e),
             }
         }
         for k in 0..io.ifaces.len() {
@@ -436,7 +446,7 @@ fn worker_loop<NF, F>(
                     engine.rx_iface(k as u16, &mut rx[..n], now);
                     flush(&engine, &rx[..n], &mut io, &mut udp_items);
                 }
-                Err(e) => tracing::warn!(error = %e, "interface receive failed"),
+                Err(e) => warn("interface receive", &e),
             }
         }
         if !busy {
