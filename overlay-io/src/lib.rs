@@ -12,6 +12,7 @@
 //! - [`bridge`]: L2 bridge domains (MAC learning between ports), the VXLAN gateway.
 //! - [`ipv4`]: IPv4 forwarding helpers for routed functions: header checks (RFC 1812),
 //!   TTL decrement with incremental checksum (RFC 1624), ICMP rate limiting.
+//! - [`lpm`]: IPv4 longest-prefix match, an immutable DIR-16-8-8 table swapped whole on reload.
 //! - [`pipeline`]: the sans-IO [`NetworkFunction`](pipeline::NetworkFunction) trait, ports,
 //!   verdicts and drop reasons.
 //! - [`datapath`]: ports, the worker threads that run I/O around a network function, and
@@ -27,6 +28,7 @@ pub mod datapath;
 pub mod fdb;
 pub mod io;
 pub mod ipv4;
+pub mod lpm;
 pub mod metrics;
 pub mod pipeline;
 pub mod vni;

@@ -51,8 +51,9 @@ pub struct RawUnderlay {
     /// Send runs of same-sized packets to one VTEP as one UDP GSO super-packet.
     #[serde(default = "default_true")]
     pub gso: bool,
-    /// Ask the kernel to coalesce received datagrams of one flow (UDP GRO).
-    #[serde(default = "default_true")]
+    /// Ask the kernel to coalesce received datagrams of one flow (UDP GRO). Off by
+    /// default: measured no faster on veth underlays (BENCHMARKS.md).
+    #[serde(default)]
     pub gro: bool,
 }
 
@@ -64,7 +65,7 @@ impl Default for RawUnderlay {
             source_ports: default_source_ports(),
             mtu: default_underlay_mtu(),
             gso: true,
-            gro: true,
+            gro: false,
         }
     }
 }

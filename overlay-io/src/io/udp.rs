@@ -340,6 +340,9 @@ impl UdpTx {
                     libc::IP_MTU_DISCOVER,
                     libc::IP_PMTUDISC_PROBE,
                 )?;
+                // RFC 7348 §5 says the outer IPv4 UDP checksum SHOULD be zero, which
+                // SO_NO_CHECK would give; but the kernel refuses UDP GSO on such a socket
+                // (EINVAL), and GSO is worth far more (BENCHMARKS.md). So it is computed.
             } else {
                 set_int(
                     s.as_raw_fd(),
