@@ -10,6 +10,8 @@
 //! - [`fdb`] and [`vtep`]: the VXLAN tunnel endpoint: per-VNI forwarding tables with
 //!   learning, ageing, caps, flood lists and source-VTEP allow-lists.
 //! - [`bridge`]: L2 bridge domains (MAC learning between ports), the VXLAN gateway.
+//! - [`arp`]: the neighbour cache (RFC 826) with a bounded queue of packets waiting for an
+//!   answer, and ARP frames.
 //! - [`ipv4`]: IPv4 forwarding helpers for routed functions: header checks (RFC 1812),
 //!   TTL decrement with incremental checksum (RFC 1624), ICMP rate limiting.
 //! - [`lpm`]: IPv4 longest-prefix match, an immutable DIR-16-8-8 table swapped whole on reload.
@@ -21,6 +23,7 @@
 //! - [`daemon`]: the shell every VNF binary shares: config layering, `--check`, the admin
 //!   HTTP endpoint, signals and logging.
 
+pub mod arp;
 pub mod bridge;
 pub mod buf;
 pub mod daemon;

@@ -122,11 +122,17 @@ pub enum DropReason {
     /// An IPv4 header a router must not forward (RFC 1812 §5.2.2): too short, not version
     /// 4, a header or total length that does not fit, or a bad checksum.
     IpMalformed,
+    /// Packets waiting for an ARP answer that never came.
+    ArpTimeout,
+    /// No room to hold a packet until its next hop answers ARP.
+    ArpQueueFull,
+    /// The neighbour table is full.
+    ArpTableFull,
 }
 
 impl DropReason {
     /// Every reason, in label order.
-    pub const ALL: [DropReason; 16] = [
+    pub const ALL: [DropReason; 19] = [
         DropReason::VxlanMalformed,
         DropReason::VxlanBadFlags,
         DropReason::VniNotJoined,
@@ -143,6 +149,9 @@ impl DropReason {
         DropReason::RxOverrun,
         DropReason::Oversize,
         DropReason::IpMalformed,
+        DropReason::ArpTimeout,
+        DropReason::ArpQueueFull,
+        DropReason::ArpTableFull,
     ];
 
     /// The metric label value.
@@ -164,6 +173,9 @@ impl DropReason {
             DropReason::RxOverrun => "rx_overrun",
             DropReason::Oversize => "oversize",
             DropReason::IpMalformed => "ip_malformed",
+            DropReason::ArpTimeout => "arp_timeout",
+            DropReason::ArpQueueFull => "arp_queue_full",
+            DropReason::ArpTableFull => "arp_table_full",
         }
     }
 
