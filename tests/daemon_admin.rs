@@ -341,7 +341,9 @@ fn promtool_accepts_live_metrics() {
 
     // Some traffic, so that counters move: one good VXLAN packet on VNI 100 (learned,
     // bridged to VNI 200, which has nowhere to flood) and one with bad flags (dropped).
-    let tx = UdpSocket::bind("127.0.0.1:0").expect("udp socket");
+    // From another loopback address: VXLAN claiming the router's own VTEP address as its
+    // source is dropped as spoofed (`vtep_not_allowed`).
+    let tx = UdpSocket::bind("127.0.0.2:0").expect("udp socket");
     let frame = udp_frame(
         mac(1),
         mac(2),
@@ -354,12 +356,15 @@ fn promtool_accepts_live_metrics() {
     let to: SocketAddr = (Ipv4Addr::LOCALHOST, udp_port).into();
     tx.send_to(&vxlan(0x08, 100, &frame), to).expect("send");
     tx.send_to(&vxlan(0x00, 100, &frame), to).expect("send");
+    let spoof = UdpSocket::bind("127.0.0.1:0").expect("udp socket");
+    spoof.send_to(&vxlan(0x08, 100, &frame), to).expect("send");
 
     let mut body = String::new();
     let moved = wait_for(Duration::from_secs(5), || {
         body = http(admin, "GET", "/metrics").expect("GET /metrics").body;
         metric(&body, "vnf_port_rx_packets_total{port=\"blue\"}") == Some(1.0)
             && metric(&body, "vnf_drops_total{reason=\"vxlan_bad_flags\"}") == Some(1.0)
+            && metric(&body, "vnf_drops_total{reason=\"vtep_not_allowed\"}") == Some(1.0)
     });
     assert!(moved, "counters did not move:\n{body}");
 
