@@ -12,6 +12,7 @@
 //! - [`bridge`]: L2 bridge domains (MAC learning between ports), the VXLAN gateway.
 //! - [`arp`]: the neighbour cache (RFC 826) with a bounded queue of packets waiting for an
 //!   answer, and ARP frames.
+//! - [`icmp`]: ICMP errors and echo replies of a router (RFC 792, RFC 1812 §4.3).
 //! - [`ipv4`]: IPv4 forwarding helpers for routed functions: header checks (RFC 1812),
 //!   TTL decrement with incremental checksum (RFC 1624), ICMP rate limiting.
 //! - [`lpm`]: IPv4 longest-prefix match, an immutable DIR-16-8-8 table swapped whole on reload.
@@ -29,6 +30,7 @@ pub mod buf;
 pub mod daemon;
 pub mod datapath;
 pub mod fdb;
+pub mod icmp;
 pub mod io;
 pub mod ipv4;
 pub mod lpm;
