@@ -272,7 +272,8 @@ impl<NF: NetworkFunction> Drop for Datapath<NF> {
 
 fn open_io(dp: &DatapathConfig, workers: usize) -> Result<Vec<WorkerIo>, DatapathError> {
     let ifaces = dp.ifaces();
-    let fanout_group = (std::process::id() & 0xffff) as u16;
+    // Fanout group per interface: worker 0 asks the kernel for a unique id, the others join it.
+    let mut fanout_groups: Vec<u16> = vec![0; ifaces.len()];
     let mut per_worker: Vec<WorkerIo> = Vec::new();
     let mut tap_dups: Vec<Option<Arc<Mutex<IfaceIo>>>> = vec![None; ifaces.len()];
     for w in 0..workers {
@@ -293,10 +294,13 @@ fn open_io(dp: &DatapathConfig, workers: usize) -> Result<Vec<WorkerIo>, Datapat
         for (k, (name, kind)) in ifaces.iter().enumerate() {
             let own = match kind {
                 IfaceKind::Packet => {
-                    let fanout = (workers > 1)
-                        .then_some((fanout_group.wrapping_add(k as u16), workers as u32));
+                    let fanout = (workers > 1).then_some((fanout_groups[k], workers as u32));
                     let p = AfPacket::open(name, fanout)
                         .map_err(io_err(format!("interface {name}")))?;
+                    if workers > 1 && w == 0 {
+                        fanout_groups[k] = steer::fanout_id(p.as_raw_fd())
+                            .map_err(io_err(format!("reading the fanout group of {name}")))?;
+                    }
                     if w == 0 {
                         match p.disable_receive_offloads() {
                             Ok(true) => tracing::info!(

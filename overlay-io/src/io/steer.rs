@@ -106,8 +106,17 @@ pub fn attach_reuseport(fd: RawFd, workers: u32) -> io::Result<()> {
 /// Every member must join with the same mode and flags, so only join through this function.
 /// Until the program is attached (right after the join) the group sends everything to
 /// member 0.
+///
+/// `group_id` 0 asks the kernel for a fresh group id no other socket in the namespace uses
+/// (`PACKET_FANOUT_FLAG_UNIQUEID`, Linux 4.2), so two processes never share a group by
+/// accident; read it back with [`fanout_id`] and give it to the other members.
 pub fn join_fanout(fd: RawFd, group_id: u16, workers: u32) -> io::Result<()> {
-    let type_flags = libc::PACKET_FANOUT_CBPF | libc::PACKET_FANOUT_FLAG_IGNORE_OUTGOING;
+    // linux/if_packet.h
+    const PACKET_FANOUT_FLAG_UNIQUEID: u32 = 0x2000;
+    let mut type_flags = libc::PACKET_FANOUT_CBPF | libc::PACKET_FANOUT_FLAG_IGNORE_OUTGOING;
+    if group_id == 0 {
+        type_flags |= PACKET_FANOUT_FLAG_UNIQUEID;
+    }
     let arg = (u32::from(group_id) | (type_flags << 16)) as c_int;
     // SAFETY: `arg` is a live c_int and the length passed is its size.
     let rc = unsafe {
@@ -132,6 +141,27 @@ pub fn join_fanout(fd: RawFd, group_id: u16, workers: u32) -> io::Result<()> {
             format_args!("attaching the steering program to fanout group {group_id}"),
         )
     })
+}
+
+/// The id of the fanout group a socket joined (`getsockopt(PACKET_FANOUT)`: the id in the
+/// low 16 bits).
+pub fn fanout_id(fd: RawFd) -> io::Result<u16> {
+    let mut v: c_int = 0;
+    let mut len = mem::size_of::<c_int>() as libc::socklen_t;
+    // SAFETY: `v` is a live c_int and `len` its size; the kernel writes at most that.
+    let rc = unsafe {
+        libc::getsockopt(
+            fd,
+            libc::SOL_PACKET,
+            libc::PACKET_FANOUT,
+            (&raw mut v).cast::<c_void>(),
+            &raw mut len,
+        )
+    };
+    if rc != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok((v as u32 & 0xffff) as u16)
 }
 
 fn set_program(fd: RawFd, level: c_int, name: c_int, prog: &mut [sock_filter]) -> io::Result<()> {
