@@ -429,6 +429,50 @@ pub fn wire_parsers(data: &[u8]) {
     flow_hash_symmetric(data);
     buf_tag_round_trip(data);
     checksum_completion(data);
+    l3_parsers(data);
+}
+
+/// The routed functions' IPv4, ARP and ICMP code on arbitrary bytes: never a panic, and
+/// what they produce is well formed.
+fn l3_parsers(data: &[u8]) {
+    use overlay_io::{arp, icmp, ipv4};
+    if let Ok(h) = ipv4::parse(data) {
+        assert!(h.header_len >= 20 && h.header_len <= h.total_len && h.total_len <= data.len());
+        assert_eq!(ipv4::checksum(&data[..h.header_len]), 0);
+        let mut copy = data.to_vec();
+        if ipv4::decrement_ttl(&mut copy) {
+            assert_eq!(copy[8], data[8] - 1);
+            assert_eq!(
+                ipv4::checksum(&copy[..h.header_len]),
+                0,
+                "TTL decrement keeps the checksum valid"
+            );
+        }
+        let mut out = [0u8; icmp::MAX_ERROR_LEN];
+        if icmp::may_send_error(&h, data) {
+            let n = icmp::build_error(
+                icmp::IcmpError::TimeExceeded,
+                std::net::Ipv4Addr::new(10, 0, 0, 254),
+                &h,
+                data,
+                &mut out,
+            )
+            .expect("576 bytes always suffice");
+            let e = ipv4::parse(&out[..n]).expect("the error is a valid IPv4 packet");
+            assert_eq!(e.dst, h.src);
+            assert_eq!(ipv4::checksum(&out[20..n]), 0, "ICMP checksum");
+        }
+        let mut echo = data.to_vec();
+        if icmp::echo_reply_in_place(&mut echo) {
+            let r = ipv4::parse(&echo).expect("the reply is valid");
+            assert_eq!((r.src, r.dst), (h.dst, h.src));
+        }
+    }
+    if let Some(a) = arp::Arp::parse(data) {
+        let mut b = overlay_io::buf::PacketBuf::new();
+        a.emit([0xff; 6], &mut b);
+        assert_eq!(arp::Arp::parse(&b.bytes()[14..]), Some(a));
+    }
 }
 
 fn vxlan_round_trip(data: &[u8]) {
