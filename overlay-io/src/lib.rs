@@ -16,6 +16,8 @@
 //! - [`ipv4`]: IPv4 forwarding helpers for routed functions: header checks (RFC 1812),
 //!   TTL decrement with incremental checksum (RFC 1624), ICMP rate limiting.
 //! - [`lpm`]: IPv4 longest-prefix match, an immutable DIR-16-8-8 table swapped whole on reload.
+//! - [`nat`]: sans-IO NAT state for routed functions: masquerade pools, port forwards,
+//!   floating addresses with hairpin, per-protocol session timeouts and per-tenant caps.
 //! - [`pipeline`]: the sans-IO [`NetworkFunction`](pipeline::NetworkFunction) trait, ports,
 //!   verdicts and drop reasons.
 //! - [`datapath`]: ports, the worker threads that run I/O around a network function, and
@@ -35,6 +37,7 @@ pub mod io;
 pub mod ipv4;
 pub mod lpm;
 pub mod metrics;
+pub mod nat;
 pub mod pipeline;
 pub mod vni;
 pub mod vtep;
