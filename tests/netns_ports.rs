@@ -15,9 +15,9 @@
 //! and its `ul0` has transmit checksum offload off (README, "Checksums left to hardware":
 //! the router's UDP socket cannot learn that a checksum is partial). h1's veth keeps
 //! transmit checksum offload on: the frames it sends carry partial TCP checksums, which the
-//! router's AF_PACKET port must complete (`TP_STATUS_CSUMNOTREADY`). Its TSO and GSO are
-//! off, because the router drops the multi-segment frames they make (a product bug,
-//! reproduced by the ignored `gso_frames_from_an_untagged_host_are_forwarded`). A TAP
+//! router's AF_PACKET port must complete (`PACKET_VNET_HDR`, `VIRTIO_NET_HDR_F_NEEDS_CSUM`).
+//! Its TSO and GSO are on too: the router cuts the multi-segment frames they make (see
+//! `gso_frames_from_an_untagged_host_are_forwarded`). A TAP
 //! device has no offloads unless asked (`TUNSETOFFLOAD`), so the kernel checksums in
 //! software what it writes to the router.
 //! IPv6 is off in every namespace, so only the traffic a test sends crosses the router.
@@ -84,19 +84,15 @@ fn hypervisor(sw: &Netns, n: u8) -> Netns {
 }
 
 /// A host namespace behind the router's interface `lan0` (created in `ro`): its `eth0` has
-/// 10.0.0.1/24, MTU 1450, untagged, with transmit checksum offload left on. With `segment`
-/// its TCP segmentation offload and GSO are off, so that it sends no frame larger than its
-/// MTU: the router's AF_PACKET port drops such frames (see
-/// [`gso_frames_from_an_untagged_host_are_forwarded`]).
-fn lan_host(ro: &Netns, segment: bool) -> Netns {
+/// 10.0.0.1/24, MTU 1450, untagged, with a veth's default offloads left on: transmit
+/// checksum offload, TSO and GSO (the router's AF_PACKET port segments the super-frames,
+/// see [`gso_frames_from_an_untagged_host_are_forwarded`]).
+fn lan_host(ro: &Netns) -> Netns {
     let h1 = Netns::new("pt1");
     quiet_ipv6(&h1);
     veth(&h1, "eth0", ro, "lan0");
     h1.run("ip addr add 10.0.0.1/24 dev eth0");
     h1.run("ip link set eth0 mtu 1450");
-    if segment {
-        h1.run("ethtool -K eth0 tso off gso off");
-    }
     assert!(
         tx_csum_offload(&h1, "eth0"),
         "h1's veth should keep transmit checksum offload on:\n{}",
@@ -394,8 +390,8 @@ fn tx_csum_offload(ns: &Netns, iface: &str) -> bool {
 }
 
 /// An untagged host behind an AF_PACKET `interface` port, bridged to VNI 100: ping and
-/// iperf3 TCP work both ways with h1's transmit checksum offload on (segmentation offload
-/// off: see [`gso_frames_from_an_untagged_host_are_forwarded`]). Captures of h1 -> hv TCP
+/// iperf3 TCP work both ways with h1's transmit checksum and segmentation offloads on.
+/// Captures of h1 -> hv TCP
 /// prove what the router did: the data segments leave h1 with partial checksums (tshark
 /// calls them bad), and all arrive at hv's `vx0` with correct ones. Both ports count frames
 /// in and out, and none is dropped for its size.
@@ -411,7 +407,7 @@ fn untagged_interface_bridged_to_vni() {
     let sw = underlay_switch();
     let hv = hypervisor(&sw, 2);
     let ro = router_ns(&sw);
-    let h1 = lan_host(&ro, true);
+    let h1 = lan_host(&ro);
     let r = Router::start(
         ro,
         &dir,
@@ -569,7 +565,7 @@ fn two_workers_on_a_trunk() {
     let sw = underlay_switch();
     let hv = hypervisor(&sw, 2);
     let ro = router_ns(&sw);
-    let h1 = lan_host(&ro, true);
+    let h1 = lan_host(&ro);
     // No ARP: a request and its reply hash by MAC addresses, to a worker of their own.
     h1.run(&format!(
         "ip neigh replace 10.0.0.2 lladdr {} dev eth0 nud permanent",
@@ -647,15 +643,13 @@ fn two_workers_on_a_trunk() {
     eprintln!("{T}: done in {:.1} s", started.elapsed().as_secs_f64());
 }
 
-/// Product bug reproduction, ignored until fixed: a host behind an `interface` port with
-/// the default offloads of a veth (TSO/GSO on) sends TCP as GSO super-frames of several
-/// MSS (2862, 7056 bytes... on a 1450-byte MTU; a NIC with GRO hands up the same). The
-/// AF_PACKET socket receives them whole and the router drops them as `mtu_exceeded`
-/// instead of segmenting them (or asking for `PACKET_VNET_HDR` and doing it itself): TCP
-/// from h1 falls back on retransmitting MSS-sized segments and crawls (0.2 Mbit/s here,
-/// against 1 Gbit/s the other way). Run with `--ignored`.
+/// Regression test: a host behind an `interface` port with the default offloads of a veth
+/// (TSO/GSO on) sends TCP as GSO super-frames of several MSS (2862, 7056 bytes... on a
+/// 1450-byte MTU). The AF_PACKET socket receives them whole, behind a `virtio_net_hdr`
+/// (`PACKET_VNET_HDR`), and the router must cut them into MSS-sized segments. Before it did,
+/// it dropped them as `mtu_exceeded` and TCP from h1 crawled (0.2 Mbit/s here, against
+/// 1 Gbit/s the other way).
 #[test]
-#[ignore = "known limitation (docs/router.md): a same-host sender with TSO/GSO on hands AF_PACKET ports 64 KiB frames; segmenting them (PACKET_VNET_HDR) is planned"]
 fn gso_frames_from_an_untagged_host_are_forwarded() {
     const T: &str = "gso_frames_from_an_untagged_host_are_forwarded";
     let _g = serial();
@@ -666,7 +660,7 @@ fn gso_frames_from_an_untagged_host_are_forwarded() {
     let sw = underlay_switch();
     let hv = hypervisor(&sw, 2);
     let ro = router_ns(&sw);
-    let h1 = lan_host(&ro, false);
+    let h1 = lan_host(&ro);
     let r = Router::start(
         ro,
         &dir,

@@ -17,8 +17,16 @@
 //!   or forwards its own output.
 //! - **Workers.** Several sockets on one interface can form a fanout group that steers each
 //!   frame by a symmetric hash of its flow ([`super::steer`]), one socket per worker.
-//! - **Truncation.** A frame larger than a buffer is counted in [`AfPacket::truncated`] and
-//!   dropped, never delivered cut.
+//! - **Offloads (`PACKET_VNET_HDR`).** A same-host sender (a veth peer) with TSO/GSO on
+//!   hands us TCP super-frames of up to 64 KiB, and frames whose checksum it left partial.
+//!   Every frame arrives behind a `virtio_net_hdr` that says so, into one of [`RX_BUFS`]
+//!   64 KiB buffers; we finish the checksum, or cut the super-frame into MSS-sized segments
+//!   ([`crate::wire::gso`]), before delivering frames to the caller's buffers. The segments
+//!   of one super-frame may span several `recv_batch` calls. What cannot be segmented
+//!   (legacy UFO, unparseable headers) is counted in [`AfPacket::gso_dropped`]. Every frame
+//!   sent carries an all-zero header: no offload asked of the kernel.
+//! - **Truncation.** A frame larger than a packet buffer (and not a super-frame) is counted
+//!   in [`AfPacket::truncated`] and dropped, never delivered cut.
 
 use std::ffi::CString;
 use std::fmt;
@@ -29,11 +37,25 @@ use std::ptr;
 
 use libc::{c_int, c_uint, c_void};
 
-use crate::buf::PacketBuf;
+use crate::buf::{MAX_FRAME, PacketBuf};
+use crate::wire::gso::{self, F_NEEDS_CSUM, GSO_NONE, Plan, VNET_HDR_LEN, VnetHdr};
 use crate::wire::vlan;
 
 /// The most frames moved by one system call.
 pub const BATCH: usize = 64;
+
+/// How many frames one `recvmmsg` takes in, each into its own 64 KiB buffer.
+pub const RX_BUFS: usize = 16;
+
+/// A receive buffer: the virtio header, then the largest GSO frame (64 KiB of IP packet)
+/// with its Ethernet header and tags. Anything larger is truncated and counted.
+const RX_BUF_LEN: usize = VNET_HDR_LEN + 65_536 + 256;
+
+/// `SOL_PACKET` option (linux/if_packet.h): frames carry a `virtio_net_hdr` in front.
+const PACKET_VNET_HDR: c_int = 15;
+
+/// The header sent in front of every frame: no checksum or segmentation offload.
+static TX_VNET_HDR: [u8; VNET_HDR_LEN] = [0; VNET_HDR_LEN];
 
 /// Room for the `PACKET_AUXDATA` control message: `CMSG_SPACE(sizeof(tpacket_auxdata))` is
 /// 40 bytes on 64-bit Linux; the tests check that it fits.
@@ -51,11 +73,35 @@ pub struct AfPacket {
     ifindex: i32,
     /// Frames dropped on receive because they were larger than a buffer.
     pub truncated: u64,
+    /// Super-frames dropped on receive because they could not be segmented (legacy UFO,
+    /// unparseable headers, segments larger than a buffer). They are too large to forward
+    /// whole, so they are counted in [`truncated`](Self::truncated) too.
+    pub gso_dropped: u64,
     rx_msgs: Box<[libc::mmsghdr]>,
     rx_iovs: Box<[libc::iovec]>,
     rx_cmsgs: Box<[CmsgBuf]>,
+    /// [`RX_BUFS`] buffers of [`RX_BUF_LEN`] bytes, allocated at open.
+    rx_bufs: Box<[Box<[u8]>]>,
+    /// Frames received into `rx_bufs` and not yet (fully) delivered, from `rx_next` on.
+    rx_pending: Vec<Pending>,
+    rx_next: usize,
     tx_msgs: Box<[libc::mmsghdr]>,
+    /// Two per message: [`TX_VNET_HDR`], then the frame.
     tx_iovs: Box<[libc::iovec]>,
+}
+
+/// A frame waiting in a receive buffer.
+#[derive(Clone, Copy)]
+struct Pending {
+    /// Which of `rx_bufs`.
+    slot: usize,
+    /// Frame length, after the virtio header.
+    len: usize,
+    vnet: VnetHdr,
+    aux: Option<libc::tpacket_auxdata>,
+    /// For a super-frame, how it is cut, and the next segment to deliver.
+    plan: Option<Plan>,
+    next_seg: usize,
 }
 
 // SAFETY: the raw pointers inside the message arrays only ever point into this struct's own
@@ -70,6 +116,7 @@ impl fmt::Debug for AfPacket {
             .field("ifname", &self.ifname)
             .field("ifindex", &self.ifindex)
             .field("truncated", &self.truncated)
+            .field("gso_dropped", &self.gso_dropped)
             .finish_non_exhaustive()
     }
 }
@@ -105,6 +152,8 @@ impl AfPacket {
             .map_err(|e| with_context(e, what("PACKET_IGNORE_OUTGOING")))?;
         set_int_opt(&fd, libc::SOL_PACKET, libc::PACKET_AUXDATA, 1)
             .map_err(|e| with_context(e, what("PACKET_AUXDATA")))?;
+        set_int_opt(&fd, libc::SOL_PACKET, PACKET_VNET_HDR, 1)
+            .map_err(|e| with_context(e, what("PACKET_VNET_HDR")))?;
         // The default 208 KiB overflows under a TCP burst; overflows are counted through
         // `super::socket_drops` as `rx_overrun`.
         super::size_buffers(fd.as_raw_fd());
@@ -163,11 +212,17 @@ impl AfPacket {
             ifname: ifname.to_owned(),
             ifindex,
             truncated: 0,
-            rx_msgs: (0..BATCH).map(|_| zeroed()).collect(),
-            rx_iovs: (0..BATCH).map(|_| zeroed_iov()).collect(),
-            rx_cmsgs: vec![CmsgBuf([0; CMSG_BUF_LEN]); BATCH].into_boxed_slice(),
+            gso_dropped: 0,
+            rx_msgs: (0..RX_BUFS).map(|_| zeroed()).collect(),
+            rx_iovs: (0..RX_BUFS).map(|_| zeroed_iov()).collect(),
+            rx_cmsgs: vec![CmsgBuf([0; CMSG_BUF_LEN]); RX_BUFS].into_boxed_slice(),
+            rx_bufs: (0..RX_BUFS)
+                .map(|_| vec![0u8; RX_BUF_LEN].into_boxed_slice())
+                .collect(),
+            rx_pending: Vec::with_capacity(RX_BUFS),
+            rx_next: 0,
             tx_msgs: (0..BATCH).map(|_| zeroed()).collect(),
-            tx_iovs: (0..BATCH).map(|_| zeroed_iov()).collect(),
+            tx_iovs: (0..2 * BATCH).map(|_| zeroed_iov()).collect(),
         })
     }
 
@@ -244,18 +299,88 @@ impl AfPacket {
 
     /// Receive up to `bufs.len()` (at most [`BATCH`]) frames without blocking; returns how
     /// many of `bufs`, from the front, now hold a frame (0 if none was waiting). VLAN tags the
-    /// kernel stripped are back inline. Frames larger than a buffer are dropped and counted in
-    /// [`truncated`](Self::truncated).
+    /// kernel stripped are back inline, partial checksums are complete and super-frames are
+    /// cut into segments (the rest of a super-frame's segments come with the next calls).
+    /// Frames larger than a buffer are dropped and counted in [`truncated`](Self::truncated),
+    /// super-frames that cannot be cut in [`gso_dropped`](Self::gso_dropped).
     pub fn recv_batch(&mut self, bufs: &mut [PacketBuf]) -> io::Result<usize> {
         let n = bufs.len().min(BATCH);
-        if n == 0 {
-            return Ok(0);
+        let mut out = 0;
+        // A full receive may mean more is waiting: take in more, up to `n` frames in all.
+        let mut may_refill = true;
+        while out < n {
+            if self.rx_next >= self.rx_pending.len() {
+                if !may_refill {
+                    break;
+                }
+                let want = (n - out).min(RX_BUFS);
+                let got = self.receive(want)?;
+                may_refill = got == RX_BUFS;
+                if got == 0 {
+                    break;
+                }
+                continue;
+            }
+            let p = &mut self.rx_pending[self.rx_next];
+            let frame = &self.rx_bufs[p.slot][VNET_HDR_LEN..VNET_HDR_LEN + p.len];
+            let buf = &mut bufs[out];
+            buf.reset();
+            match p.plan {
+                None => {
+                    self.rx_next += 1;
+                    if p.len > MAX_FRAME {
+                        self.truncated += 1;
+                        continue;
+                    }
+                    buf.fill(frame);
+                    // A local sender with checksum offload left the TCP/UDP checksum
+                    // partial; we forward the frame elsewhere, so finish it as its NIC would
+                    // have. The offsets count from the frame as received, before the tag.
+                    if p.vnet.flags & F_NEEDS_CSUM != 0 {
+                        gso::complete_csum(
+                            buf.bytes_mut(),
+                            usize::from(p.vnet.csum_start),
+                            usize::from(p.vnet.csum_offset),
+                        );
+                    }
+                }
+                Some(plan) => {
+                    let k = p.next_seg;
+                    p.next_seg += 1;
+                    if p.next_seg >= plan.segments() {
+                        self.rx_next += 1;
+                    }
+                    match plan.write(frame, k, buf.recv_area()) {
+                        Ok(len) => buf.set_received(len),
+                        Err(_) => {
+                            // Checked when received; never happens. Drop the rest of it.
+                            self.gso_dropped += 1;
+                            self.truncated += 1;
+                            self.rx_next += usize::from(p.next_seg < plan.segments());
+                            continue;
+                        }
+                    }
+                }
+            }
+            if let Some(aux) = &p.aux {
+                restore_vlan_tag(buf, aux);
+            }
+            out += 1;
         }
-        for (i, buf) in bufs[..n].iter_mut().enumerate() {
-            let area = buf.recv_area();
+        Ok(out)
+    }
+
+    /// One `recvmmsg` of up to `want` (at most [`RX_BUFS`]) frames into the receive buffers,
+    /// which must all have been delivered; the frames become the pending list. Returns how
+    /// many frames the kernel handed over (dropped ones included).
+    fn receive(&mut self, want: usize) -> io::Result<usize> {
+        self.rx_pending.clear();
+        self.rx_next = 0;
+        let want = want.min(RX_BUFS);
+        for i in 0..want {
             self.rx_iovs[i] = libc::iovec {
-                iov_base: area.as_mut_ptr().cast::<c_void>(),
-                iov_len: area.len(),
+                iov_base: self.rx_bufs[i].as_mut_ptr().cast::<c_void>(),
+                iov_len: RX_BUF_LEN,
             };
             let msg = &mut self.rx_msgs[i];
             msg.msg_len = 0;
@@ -268,14 +393,14 @@ impl AfPacket {
             msg.msg_hdr.msg_flags = 0;
         }
         let got = loop {
-            // SAFETY: the first `n` headers point at `n` live iovecs, each covering the
-            // receive area of a distinct buffer in `bufs` (borrowed mutably for this call),
-            // and at `n` control buffers of CMSG_BUF_LEN bytes owned by `self`.
+            // SAFETY: the first `want` headers point at `want` live iovecs, each covering one
+            // of our own receive buffers of RX_BUF_LEN bytes, and at `want` control buffers
+            // of CMSG_BUF_LEN bytes, all owned by `self`, borrowed mutably for this call.
             let rc = unsafe {
                 libc::recvmmsg(
                     self.fd.as_raw_fd(),
                     self.rx_msgs.as_mut_ptr(),
-                    n as c_uint,
+                    want as c_uint,
                     libc::MSG_DONTWAIT,
                     ptr::null_mut(),
                 )
@@ -296,32 +421,40 @@ impl AfPacket {
             }
         };
 
-        let mut delivered = 0;
-        for i in 0..got {
-            let msg = &self.rx_msgs[i];
-            if msg.msg_hdr.msg_flags & libc::MSG_TRUNC != 0 {
+        for slot in 0..got {
+            let msg = &self.rx_msgs[slot];
+            let len = msg.msg_len as usize;
+            if msg.msg_hdr.msg_flags & libc::MSG_TRUNC != 0 || len > RX_BUF_LEN {
                 self.truncated += 1;
                 continue;
             }
-            let len = msg.msg_len as usize;
-            let aux = auxdata(&msg.msg_hdr);
-            if delivered != i {
-                bufs.swap(delivered, i);
-            }
-            let buf = &mut bufs[delivered];
-            buf.reset();
-            buf.set_received(len);
-            if let Some(aux) = aux {
-                restore_vlan_tag(buf, &aux);
-                // A local sender with checksum offload left the TCP/UDP checksum partial;
-                // we forward the frame elsewhere, so finish it as its NIC would have.
-                if aux.tp_status & libc::TP_STATUS_CSUMNOTREADY != 0 {
-                    crate::wire::checksum::complete_partial(buf.bytes_mut());
+            let Some(vnet) = VnetHdr::parse(&self.rx_bufs[slot][..len]) else {
+                self.truncated += 1;
+                continue;
+            };
+            let frame = &self.rx_bufs[slot][VNET_HDR_LEN..len];
+            let plan = if vnet.gso_kind() == GSO_NONE {
+                None
+            } else {
+                match Plan::new(frame, &vnet) {
+                    Ok(plan) if plan.max_segment_len() <= MAX_FRAME => Some(plan),
+                    _ => {
+                        self.gso_dropped += 1;
+                        self.truncated += 1;
+                        continue;
+                    }
                 }
-            }
-            delivered += 1;
+            };
+            self.rx_pending.push(Pending {
+                slot,
+                len: frame.len(),
+                vnet,
+                aux: auxdata(&msg.msg_hdr),
+                plan,
+                next_seg: 0,
+            });
         }
-        Ok(delivered)
+        Ok(got)
     }
 
     /// Send frames from `frames` on the interface, [`BATCH`] per system call, until the
@@ -339,7 +472,11 @@ impl AfPacket {
                     exhausted = true;
                     break;
                 };
-                self.tx_iovs[n] = libc::iovec {
+                self.tx_iovs[2 * n] = libc::iovec {
+                    iov_base: TX_VNET_HDR.as_ptr().cast_mut().cast::<c_void>(),
+                    iov_len: VNET_HDR_LEN,
+                };
+                self.tx_iovs[2 * n + 1] = libc::iovec {
                     iov_base: frame.as_ptr().cast_mut().cast::<c_void>(),
                     iov_len: frame.len(),
                 };
@@ -348,8 +485,8 @@ impl AfPacket {
                 // Bound socket: no address sends on the bound interface.
                 msg.msg_hdr.msg_name = ptr::null_mut();
                 msg.msg_hdr.msg_namelen = 0;
-                msg.msg_hdr.msg_iov = &raw mut self.tx_iovs[n];
-                msg.msg_hdr.msg_iovlen = 1;
+                msg.msg_hdr.msg_iov = &raw mut self.tx_iovs[2 * n];
+                msg.msg_hdr.msg_iovlen = 2;
                 msg.msg_hdr.msg_control = ptr::null_mut();
                 msg.msg_hdr.msg_controllen = 0;
                 msg.msg_hdr.msg_flags = 0;
@@ -357,8 +494,9 @@ impl AfPacket {
             }
             let mut off = 0;
             while off < n {
-                // SAFETY: headers `off..n` point at live iovecs that cover frames borrowed
-                // for `'a`, which outlives this call; the kernel only reads them.
+                // SAFETY: headers `off..n` point at live iovec pairs that cover the static
+                // zeroed virtio header and frames borrowed for `'a`, which outlives this
+                // call; the kernel only reads them.
                 let rc = unsafe {
                     libc::sendmmsg(
                         self.fd.as_raw_fd(),
@@ -829,6 +967,113 @@ mod tests {
             "a frame that just fits is delivered"
         );
         assert_eq!(rx.truncated, 1);
+    }
+
+    /// Send `frame` from `tx` behind `vnet`, as a local sender with offloads would
+    /// (`send_batch` always sends an all-zero header).
+    fn send_with_vnet(tx: &AfPacket, vnet: &VnetHdr, frame: &[u8]) {
+        let mut b = vec![0u8; VNET_HDR_LEN];
+        assert!(vnet.emit(&mut b));
+        b.extend_from_slice(frame);
+        // SAFETY: `b` is a live buffer of `b.len()` bytes; the socket is bound.
+        let rc = unsafe { libc::send(tx.as_raw_fd(), b.as_ptr().cast(), b.len(), 0) };
+        assert_eq!(rc, b.len() as isize, "{}", io::Error::last_os_error());
+    }
+
+    /// The TCP/IPv4 pseudo-header sum of `frame` (network header at `l3`), folded.
+    fn pseudo_v4(frame: &[u8], l3: usize) -> u16 {
+        let mut s: u32 = frame[l3 + 12..l3 + 20]
+            .chunks(2)
+            .map(|c| u32::from(u16::from_be_bytes([c[0], c[1]])))
+            .sum();
+        s += (frame.len() - l3 - 20) as u32 + 6;
+        while s > 0xffff {
+            s = (s & 0xffff) + (s >> 16);
+        }
+        s as u16
+    }
+
+    fn assert_tcp_ok(f: &[u8], l3: usize) -> usize {
+        use smoltcp::wire::{IpAddress, Ipv4Packet, TcpPacket};
+        let ip = Ipv4Packet::new_checked(&f[l3..]).expect("ipv4");
+        assert!(ip.verify_checksum());
+        let tcp = TcpPacket::new_checked(ip.payload()).expect("tcp");
+        let (src, dst) = (
+            IpAddress::Ipv4(ip.src_addr()),
+            IpAddress::Ipv4(ip.dst_addr()),
+        );
+        assert!(tcp.verify_checksum(&src, &dst), "TCP checksum");
+        tcp.payload().len()
+    }
+
+    #[test]
+    fn super_frames_are_cut_and_checksums_completed() {
+        use crate::wire::gso::fixtures::{payload, super_frame};
+        use crate::wire::gso::{GSO_TCPV4, GSO_UDP};
+        let Some(_ns) = veth_pair("afpgso", 1500) else {
+            return;
+        };
+        let mut rx = AfPacket::open("va", None).expect("open va");
+        let tx = AfPacket::open("vb", None).expect("open vb");
+        let mss = 1000;
+        for tags in [&[][..], &[100u16]] {
+            let l3 = 14 + 4 * tags.len();
+            let mut f = super_frame(tags, false, true, 0x18, &payload(3 * mss));
+            f[6..12].copy_from_slice(&OUR_MAC);
+            let pseudo = pseudo_v4(&f, l3);
+            f[l3 + 36..l3 + 38].copy_from_slice(&pseudo.to_be_bytes());
+            let vnet = VnetHdr {
+                flags: F_NEEDS_CSUM,
+                gso_type: GSO_TCPV4,
+                hdr_len: (l3 + 40) as u16,
+                gso_size: mss as u16,
+                csum_start: (l3 + 20) as u16,
+                csum_offset: 16,
+            };
+            send_with_vnet(&tx, &vnet, &f);
+            let got = recv_ours(&mut [&mut rx], 3, WAIT);
+            assert_eq!(got[0].len(), 3, "three segments ({tags:?})");
+            for s in &got[0] {
+                assert_eq!(s.len(), l3 + 40 + mss);
+                assert_eq!(s[..l3], f[..l3], "tags inline");
+                assert_eq!(assert_tcp_ok(s, l3), mss);
+            }
+        }
+
+        // A single frame with a partial checksum.
+        let mut f = super_frame(&[], false, true, 0x18, &payload(99));
+        f[6..12].copy_from_slice(&OUR_MAC);
+        smoltcp::wire::Ipv4Packet::new_unchecked(&mut f[14..]).fill_checksum();
+        let pseudo = pseudo_v4(&f, 14);
+        f[50..52].copy_from_slice(&pseudo.to_be_bytes());
+        let vnet = VnetHdr {
+            flags: F_NEEDS_CSUM,
+            csum_start: 34,
+            csum_offset: 16,
+            ..VnetHdr::default()
+        };
+        send_with_vnet(&tx, &vnet, &f);
+        let got = recv_ours(&mut [&mut rx], 1, WAIT);
+        assert_eq!(got[0].len(), 1);
+        assert_eq!(assert_tcp_ok(&got[0][0], 14), 99);
+        assert_eq!((rx.truncated, rx.gso_dropped), (0, 0));
+
+        // Legacy UFO is not cut: counted, not delivered. (Kernels without UFO refuse it.)
+        let f = super_frame(&[], false, false, 0, &payload(3 * mss));
+        let vnet = VnetHdr {
+            gso_type: GSO_UDP,
+            gso_size: mss as u16,
+            ..VnetHdr::default()
+        };
+        let mut b = vec![0u8; VNET_HDR_LEN];
+        assert!(vnet.emit(&mut b));
+        b.extend_from_slice(&f);
+        // SAFETY: `b` is a live buffer of `b.len()` bytes; the socket is bound.
+        let rc = unsafe { libc::send(tx.as_raw_fd(), b.as_ptr().cast(), b.len(), 0) };
+        if rc > 0 {
+            recv_ours(&mut [&mut rx], 1, Duration::from_millis(200));
+            assert_eq!(rx.gso_dropped, rx.truncated);
+        }
     }
 
     #[test]

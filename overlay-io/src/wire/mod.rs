@@ -8,6 +8,7 @@
 
 pub mod checksum;
 pub mod flow;
+pub mod gso;
 pub mod vlan;
 pub mod vxlan;
 
