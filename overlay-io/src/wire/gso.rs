@@ -39,6 +39,7 @@ const TPID_8021Q: u16 = 0x8100;
 const TPID_8021AD: u16 = 0x88a8;
 const PROTO_TCP: u8 = 6;
 const PROTO_UDP: u8 = 17;
+const PROTO_SCTP: u8 = 132;
 
 mod field {
     pub type Field = core::ops::Range<usize>;
@@ -131,14 +132,16 @@ pub enum Error {
 
 /// Finish a partial checksum: the 16-bit field at `csum_start + csum_offset` holds the
 /// pseudo-header sum; store the complement of the sum of the bytes from `csum_start` to the
-/// end. A UDP checksum (offset 6) of zero is sent as all ones (RFC 768). Returns `false`
-/// (frame untouched) if the offsets are outside the frame.
+/// end of the IP packet (Ethernet padding after it is not summed). A UDP checksum (offset 6)
+/// of zero is sent as all ones (RFC 768). Returns `false` (frame untouched) if the offsets
+/// are outside the packet, or for SCTP, whose CRC32c is not an Internet checksum.
 pub fn complete_csum(frame: &mut [u8], csum_start: usize, csum_offset: usize) -> bool {
+    let end = ip_end(frame).unwrap_or(frame.len()).min(frame.len());
     let at = csum_start.saturating_add(csum_offset);
-    if at.saturating_add(2) > frame.len() {
+    if at.saturating_add(2) > end || csum_start >= end || l4_proto(frame) == Some(PROTO_SCTP) {
         return false;
     }
-    let mut sum = !fold(sum_bytes(&frame[csum_start..]));
+    let mut sum = !fold(sum_bytes(&frame[csum_start..end]));
     if sum == 0 && csum_offset == field::UDP_CHECKSUM.start {
         sum = 0xffff;
     }
@@ -344,6 +347,26 @@ fn network_offset(frame: &[u8]) -> Option<(usize, u16)> {
         off += 4;
     }
     None
+}
+
+/// Where the IP packet of a frame ends (its total or payload length), if it is IP.
+fn ip_end(frame: &[u8]) -> Option<usize> {
+    let (l3, et) = network_offset(frame)?;
+    match et {
+        ETHERTYPE_IPV4 => Some(l3 + usize::from(be16(frame.get(l3 + 2..l3 + 4)?))),
+        ETHERTYPE_IPV6 => Some(l3 + 40 + usize::from(be16(frame.get(l3 + 4..l3 + 6)?))),
+        _ => None,
+    }
+}
+
+/// The transport protocol of an IP frame (IPv6: the first next header).
+fn l4_proto(frame: &[u8]) -> Option<u8> {
+    let (l3, et) = network_offset(frame)?;
+    match et {
+        ETHERTYPE_IPV4 => frame.get(l3 + 9).copied(),
+        ETHERTYPE_IPV6 => frame.get(l3 + 6).copied(),
+        _ => None,
+    }
 }
 
 fn be16(b: &[u8]) -> u16 {
@@ -627,6 +650,24 @@ mod tests {
         let len = f.len();
         assert!(!complete_csum(&mut f, len - 1, 0));
         assert!(!complete_csum(&mut f, usize::MAX, 2));
+
+        // Ethernet padding after the IP packet is not part of the checksum.
+        let mut g = super_frame(&[], false, true, 0x18, &payload(3));
+        let pseudo = fold(sum_bytes(&g[26..34]) + (g.len() - 34) as u64 + u64::from(PROTO_TCP));
+        g[50..52].copy_from_slice(&pseudo.to_be_bytes());
+        g.extend_from_slice(&[0xee; 7]);
+        assert!(complete_csum(&mut g, 34, 16));
+        let ip_len = g.len() - 7;
+        let tcp = TcpPacket::new_checked(&g[34..ip_len]).expect("tcp");
+        assert!(
+            tcp.verify_checksum(&src, &dst),
+            "padding left out of the sum"
+        );
+
+        // SCTP's CRC32c is not an Internet checksum: left alone.
+        let mut sctp = super_frame(&[], false, true, 0x18, &payload(40));
+        sctp[23] = PROTO_SCTP;
+        assert!(!complete_csum(&mut sctp, 34, 8));
     }
 
     #[test]
