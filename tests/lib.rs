@@ -85,14 +85,7 @@ pub fn tagged(frame: &[u8], vid: u16) -> Vec<u8> {
     f
 }
 
-/// The Internet checksum (RFC 1071).
+/// The Internet checksum (RFC 1071), the datapath's own.
 pub fn checksum(b: &[u8]) -> u16 {
-    let mut s: u32 = 0;
-    for c in b.chunks(2) {
-        s += u32::from(u16::from_be_bytes([c[0], *c.get(1).unwrap_or(&0)]));
-    }
-    while s > 0xffff {
-        s = (s & 0xffff) + (s >> 16);
-    }
-    !(s as u16)
+    overlay_io::wire::checksum::internet(b)
 }

@@ -105,31 +105,13 @@ pub fn decrement_ttl(ip: &mut [u8]) -> bool {
     ip[field::TTL] -= 1;
     let new = u16::from_be_bytes([ip[field::TTL], ip[field::PROTOCOL]]);
     let hc = u16::from_be_bytes([ip[field::CHECKSUM.start], ip[field::CHECKSUM.start + 1]]);
-    let sum = u32::from(!hc) + u32::from(!old) + u32::from(new);
-    let folded = fold(sum);
+    let sum = u64::from(!hc) + u64::from(!old) + u64::from(new);
+    let folded = crate::wire::checksum::fold(sum);
     ip[field::CHECKSUM].copy_from_slice(&(!folded).to_be_bytes());
     true
 }
 
-/// The Internet checksum of `b` (RFC 1071): 0 when `b` holds a correct checksum field.
-pub fn checksum(b: &[u8]) -> u16 {
-    let mut chunks = b.chunks_exact(2);
-    let mut s: u32 = chunks
-        .by_ref()
-        .map(|c| u32::from(u16::from_be_bytes([c[0], c[1]])))
-        .sum();
-    if let [last] = chunks.remainder() {
-        s += u32::from(*last) << 8;
-    }
-    !fold(s)
-}
-
-fn fold(mut s: u32) -> u16 {
-    while s > 0xffff {
-        s = (s & 0xffff) + (s >> 16);
-    }
-    s as u16
-}
+pub use crate::wire::checksum::internet as checksum;
 
 /// A token bucket: `rate` events per second on average, bursts of up to `burst`.
 #[derive(Debug, Clone)]

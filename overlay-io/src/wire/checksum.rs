@@ -1,12 +1,15 @@
-//! Completing checksums the sending kernel left to hardware.
+//! The Internet checksum (RFC 1071), and completing checksums a sender left to hardware.
+//!
+//! [`sum`], [`fold`] and [`internet`] are the one implementation of RFC 1071 that the
+//! datapath uses (IPv4 headers, ICMP, TCP/UDP after segmentation).
 //!
 //! A frame sent by a local interface with checksum offload (a veth or a TAP peer, a
-//! virtio NIC's host) reaches an AF_PACKET socket with its TCP or UDP checksum only
-//! *partial*: the field holds the folded pseudo-header sum and the kernel marks the frame
-//! `TP_STATUS_CSUMNOTREADY`. A VNF that forwards it elsewhere (into VXLAN, say) must finish
-//! the job the NIC would have done, or the receiver drops the segment. Finishing it is the
-//! Internet checksum (RFC 1071) over the transport header and payload with the partial sum
-//! left in place.
+//! virtio NIC's host) carries a TCP or UDP checksum that is only *partial*: the field holds
+//! the folded pseudo-header sum. A VNF that forwards it elsewhere (into VXLAN, say) must
+//! finish the job the NIC would have done, or the receiver drops the segment. Finishing it
+//! is the Internet checksum over the transport header and payload with the partial sum left
+//! in place: [`complete_partial`] finds the transport header by parsing; the AF_PACKET port,
+//! which gets the offsets from the kernel, uses `super::gso::complete_csum`.
 
 use smoltcp::wire::{EthernetProtocol, IpProtocol};
 
@@ -70,7 +73,7 @@ pub fn complete_partial(frame: &mut [u8]) -> bool {
     if end > frame.len() || l4_len < field + 2 {
         return false;
     }
-    let sum = !fold(sum_bytes(&frame[l4..end]));
+    let sum = !fold(sum(&frame[l4..end]));
     // RFC 768: a computed UDP checksum of zero is sent as all ones.
     let sum = if sum == 0 && field == 6 { 0xffff } else { sum };
     frame[l4 + field..l4 + field + 2].copy_from_slice(&sum.to_be_bytes());
@@ -81,7 +84,9 @@ fn be16(b: &[u8], at: usize) -> Option<u16> {
     Some(u16::from_be_bytes([*b.get(at)?, *b.get(at + 1)?]))
 }
 
-fn sum_bytes(b: &[u8]) -> u64 {
+/// The ones' complement sum of `b` as 16-bit big-endian words (an odd last byte padded
+/// with zero), not yet folded: sums of several pieces add up before one [`fold`].
+pub fn sum(b: &[u8]) -> u64 {
     let mut chunks = b.chunks_exact(2);
     let mut s: u64 = chunks
         .by_ref()
@@ -93,11 +98,17 @@ fn sum_bytes(b: &[u8]) -> u64 {
     s
 }
 
-fn fold(mut s: u64) -> u16 {
+/// Fold a [`sum`] into 16 bits (end-around carry).
+pub fn fold(mut s: u64) -> u16 {
     while s > 0xffff {
         s = (s & 0xffff) + (s >> 16);
     }
     s as u16
+}
+
+/// The Internet checksum of `b`: 0 when `b` holds a correct checksum field.
+pub fn internet(b: &[u8]) -> u16 {
+    !fold(sum(b))
 }
 
 #[cfg(test)]
@@ -125,7 +136,7 @@ mod tests {
         UdpPacket::new_unchecked(&mut good[34..])
             .fill_checksum(&IpAddress::Ipv4(s), &IpAddress::Ipv4(d));
         // Partial: the folded pseudo-header sum (src, dst, proto, length), uncomplemented.
-        let pseudo = sum_bytes(&[10, 0, 0, 1, 10, 0, 0, 2, 0, 17, 0, 13]);
+        let pseudo = sum(&[10, 0, 0, 1, 10, 0, 0, 2, 0, 17, 0, 13]);
         let mut partial = f;
         partial[40..42].copy_from_slice(&fold(pseudo).to_be_bytes());
         (good, partial)
@@ -155,7 +166,7 @@ mod tests {
         f[30..34].copy_from_slice(&[10, 0, 0, 2]);
         f[46] = 0x50;
         f[54..57].copy_from_slice(b"abc");
-        let pseudo = sum_bytes(&[10, 0, 0, 1, 10, 0, 0, 2, 0, 6, 0, 23]);
+        let pseudo = sum(&[10, 0, 0, 1, 10, 0, 0, 2, 0, 6, 0, 23]);
         f[50..52].copy_from_slice(&fold(pseudo).to_be_bytes());
         let mut tagged = f[..12].to_vec();
         tagged.extend_from_slice(&[0x81, 0x00, 0x00, 0x64]);

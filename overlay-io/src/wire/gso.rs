@@ -18,6 +18,8 @@
 /// Length of `struct virtio_net_hdr`.
 pub const VNET_HDR_LEN: usize = 10;
 
+use super::checksum::{fold, sum};
+
 /// `flags`: the transport checksum is partial; finish it at `csum_start + csum_offset`.
 pub const F_NEEDS_CSUM: u8 = 1;
 /// `gso_type`: not a super-frame.
@@ -141,11 +143,11 @@ pub fn complete_csum(frame: &mut [u8], csum_start: usize, csum_offset: usize) ->
     if at.saturating_add(2) > end || csum_start >= end || l4_proto(frame) == Some(PROTO_SCTP) {
         return false;
     }
-    let mut sum = !fold(sum_bytes(&frame[csum_start..end]));
-    if sum == 0 && csum_offset == field::UDP_CHECKSUM.start {
-        sum = 0xffff;
+    let mut c = !fold(sum(&frame[csum_start..end]));
+    if c == 0 && csum_offset == field::UDP_CHECKSUM.start {
+        c = 0xffff;
     }
-    frame[at..at + 2].copy_from_slice(&sum.to_be_bytes());
+    frame[at..at + 2].copy_from_slice(&c.to_be_bytes());
     true
 }
 
@@ -279,9 +281,7 @@ impl Plan {
         let pseudo = if self.ipv6 {
             let ip = &mut dst[l3..];
             ip[field::IPV6_PAYLOAD_LEN].copy_from_slice(&(l4_len as u16).to_be_bytes());
-            sum_bytes(&ip[field::IPV6_ADDRS])
-                + l4_len as u64
-                + u64::from(ip[field::IPV6_NEXT_HEADER])
+            sum(&ip[field::IPV6_ADDRS]) + l4_len as u64 + u64::from(ip[field::IPV6_NEXT_HEADER])
         } else {
             let ihl = l4 - l3;
             let ip = &mut dst[l3..l4];
@@ -289,9 +289,9 @@ impl Plan {
             let id = be16(&ip[field::IPV4_ID]).wrapping_add(k as u16);
             ip[field::IPV4_ID].copy_from_slice(&id.to_be_bytes());
             ip[field::IPV4_CHECKSUM].copy_from_slice(&[0, 0]);
-            let c = !fold(sum_bytes(&ip[..ihl]));
+            let c = !fold(sum(&ip[..ihl]));
             ip[field::IPV4_CHECKSUM].copy_from_slice(&c.to_be_bytes());
-            sum_bytes(&ip[field::IPV4_ADDRS]) + l4_len as u64 + u64::from(ip[field::IPV4_PROTO])
+            sum(&ip[field::IPV4_ADDRS]) + l4_len as u64 + u64::from(ip[field::IPV4_PROTO])
         };
 
         let l4h = &mut dst[l4..];
@@ -311,7 +311,7 @@ impl Plan {
             field::UDP_CHECKSUM
         };
         l4h[csum.clone()].copy_from_slice(&[0, 0]);
-        let mut c = !fold(pseudo + sum_bytes(l4h));
+        let mut c = !fold(pseudo + sum(l4h));
         if c == 0 && !self.tcp {
             c = 0xffff;
         }
@@ -371,25 +371,6 @@ fn l4_proto(frame: &[u8]) -> Option<u8> {
 
 fn be16(b: &[u8]) -> u16 {
     u16::from_be_bytes([b[0], b[1]])
-}
-
-fn sum_bytes(b: &[u8]) -> u64 {
-    let mut chunks = b.chunks_exact(2);
-    let mut s: u64 = chunks
-        .by_ref()
-        .map(|c| u64::from(u16::from_be_bytes([c[0], c[1]])))
-        .sum();
-    if let [last] = chunks.remainder() {
-        s += u64::from(*last) << 8;
-    }
-    s
-}
-
-fn fold(mut s: u64) -> u16 {
-    while s > 0xffff {
-        s = (s & 0xffff) + (s >> 16);
-    }
-    s as u16
 }
 
 /// Super-frames for tests, here and in the AF_PACKET backend.
@@ -638,7 +619,7 @@ mod tests {
         // A TCP/IPv4 frame with the pseudo-header sum in the checksum field.
         let mut f = super_frame(&[], false, true, 0x18, &payload(333));
         let l4_len = f.len() - 34;
-        let pseudo = fold(sum_bytes(&f[26..34]) + l4_len as u64 + u64::from(PROTO_TCP));
+        let pseudo = fold(sum(&f[26..34]) + l4_len as u64 + u64::from(PROTO_TCP));
         f[50..52].copy_from_slice(&pseudo.to_be_bytes());
         assert!(complete_csum(&mut f, 34, 16));
         let tcp = TcpPacket::new_checked(&f[34..]).expect("tcp");
@@ -653,7 +634,7 @@ mod tests {
 
         // Ethernet padding after the IP packet is not part of the checksum.
         let mut g = super_frame(&[], false, true, 0x18, &payload(3));
-        let pseudo = fold(sum_bytes(&g[26..34]) + (g.len() - 34) as u64 + u64::from(PROTO_TCP));
+        let pseudo = fold(sum(&g[26..34]) + (g.len() - 34) as u64 + u64::from(PROTO_TCP));
         g[50..52].copy_from_slice(&pseudo.to_be_bytes());
         g.extend_from_slice(&[0xee; 7]);
         assert!(complete_csum(&mut g, 34, 16));
