@@ -22,14 +22,14 @@
 //! software what it writes to the router.
 //! IPv6 is off in every namespace, so only the traffic a test sends crosses the router.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use vnf_tests::netns::{Netns, Proc, bin, have_root, have_tool, serial, veth, wait_for, workdir};
-
-/// The router's admin HTTP listener, inside its own namespace.
-const ADMIN: &str = "127.0.0.1:9180";
+use vnf_tests::netns::{
+    Capture, Family, Netns, Router, WorkDir, have_root, have_tool, hypervisor, iperf3_tcp, mac_of,
+    ping, prom, quiet_ipv6, router_ns, serial, underlay_switch, veth, wait_for,
+};
 
 const TOOLS: &[&str] = &[
     "ip", "bridge", "ethtool", "ping", "tcpdump", "tshark", "curl", "iperf3", "ss",
@@ -38,49 +38,6 @@ const TOOLS: &[&str] = &[
 /// Every tool is installed (`have_tool` prints which one is not).
 fn tools(test: &str) -> bool {
     TOOLS.iter().all(|t| have_tool(test, t))
-}
-
-/// Turn IPv6 off in a namespace (for interfaces created later too), if the kernel has it.
-fn quiet_ipv6(ns: &Netns) {
-    for k in ["all", "default"] {
-        let _ = ns.sh(&format!(
-            "echo 1 > /proc/sys/net/ipv6/conf/{k}/disable_ipv6"
-        ));
-    }
-}
-
-/// The underlay switch: a namespace with a Linux bridge `br0`.
-fn underlay_switch() -> Netns {
-    let sw = Netns::new("pts");
-    quiet_ipv6(&sw);
-    sw.run("ip link add br0 type bridge");
-    sw.run("ip link set br0 up");
-    sw
-}
-
-/// A namespace on the underlay as node `n` (198.18.0.`n`/24 on its interface `ul0`).
-fn underlay_node(sw: &Netns, prefix: &str, n: u8) -> Netns {
-    let ns = Netns::new(prefix);
-    quiet_ipv6(&ns);
-    let port = format!("p{n}");
-    veth(&ns, "ul0", sw, &port);
-    sw.run(&format!("ip link set {port} master br0"));
-    ns.run(&format!("ip addr add 198.18.0.{n}/24 dev ul0"));
-    ns
-}
-
-/// A hypervisor as underlay node `n`: a kernel `vxlan` device `vx0` on VNI 100 with overlay
-/// address 10.0.0.`n`/24 and MTU 1450, flooding to the router (node 1) only.
-fn hypervisor(sw: &Netns, n: u8) -> Netns {
-    let hv = underlay_node(sw, "pth", n);
-    hv.run("ethtool -K ul0 tx off");
-    hv.run(&format!(
-        "ip link add vx0 type vxlan id 100 local 198.18.0.{n} dstport 4789 nolearning"
-    ));
-    hv.run("bridge fdb append 00:00:00:00:00:00 dev vx0 dst 198.18.0.1");
-    hv.run(&format!("ip addr add 10.0.0.{n}/24 dev vx0"));
-    hv.run("ip link set vx0 mtu 1450 up");
-    hv
 }
 
 /// A host namespace behind the router's interface `lan0` (created in `ro`): its `eth0` has
@@ -99,172 +56,6 @@ fn lan_host(ro: &Netns) -> Netns {
         h1.run("ethtool -k eth0")
     );
     h1
-}
-
-/// The MAC address of an interface inside a namespace, lowercase `aa:bb:..`.
-fn mac_of(ns: &Netns, iface: &str) -> String {
-    let out = ns.run(&format!("ip -o link show {iface}"));
-    out.split_whitespace()
-        .skip_while(|w| *w != "link/ether")
-        .nth(1)
-        .unwrap_or_else(|| panic!("no MAC in `{out}`"))
-        .to_ascii_lowercase()
-}
-
-/// The value of the sample `key` (`name{labels}`) in Prometheus text, if present.
-fn prom(text: &str, key: &str) -> Option<f64> {
-    text.lines().find_map(|l| {
-        l.strip_prefix(key)
-            .and_then(|rest| rest.strip_prefix(' '))
-            .and_then(|v| v.trim().parse().ok())
-    })
-}
-
-/// A test's work directory (configs, logs, pcaps): removed when the test passes, kept and
-/// named when it fails.
-struct WorkDir(PathBuf);
-
-impl WorkDir {
-    fn new(name: &str) -> WorkDir {
-        WorkDir(workdir(name))
-    }
-}
-
-impl std::ops::Deref for WorkDir {
-    type Target = Path;
-    fn deref(&self) -> &Path {
-        &self.0
-    }
-}
-
-impl Drop for WorkDir {
-    fn drop(&mut self) {
-        if std::thread::panicking() {
-            eprintln!("work dir kept: {}", self.0.display());
-        } else {
-            let _ = std::fs::remove_dir_all(&self.0);
-        }
-    }
-}
-
-/// The router's namespace on the underlay as node 1 (198.18.0.1), ready for the test to add
-/// the interfaces its config names before [`Router::start`].
-fn router_ns(sw: &Netns) -> Netns {
-    let ns = underlay_node(sw, "ptr", 1);
-    // UDP GSO super-packets leave the veth segmented, as a NIC would send them.
-    ns.run("ethtool -K ul0 tx off tx-udp-segmentation off");
-    ns
-}
-
-/// The router running in its namespace; prints its log if the test fails.
-struct Router {
-    proc: Proc,
-    ns: Netns,
-    log: PathBuf,
-    dir: PathBuf,
-}
-
-impl Router {
-    fn start(ns: Netns, dir: &Path, yaml: &str) -> Router {
-        let cfg = dir.join("router.yaml");
-        std::fs::write(&cfg, yaml).expect("write router config");
-        let log = dir.join("router.log");
-        let proc = ns.spawn_logged(
-            &format!(
-                "{} --config {} --admin {ADMIN}",
-                bin("vnf-router").display(),
-                cfg.display()
-            ),
-            Some(&log),
-        );
-        let mut r = Router {
-            proc,
-            ns,
-            log,
-            dir: dir.to_path_buf(),
-        };
-        let ready = wait_for(Duration::from_secs(15), || {
-            r.ns.sh(&format!("curl -sf http://{ADMIN}/readyz"))
-                .status
-                .success()
-        });
-        assert!(
-            ready && r.proc.running(),
-            "vnf-router did not become ready:\n{}",
-            r.log_text()
-        );
-        r
-    }
-
-    fn log_text(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-
-    fn metrics(&self) -> String {
-        self.ns.run(&format!("curl -sf http://{ADMIN}/metrics"))
-    }
-}
-
-impl Drop for Router {
-    fn drop(&mut self) {
-        if std::thread::panicking() {
-            eprintln!(
-                "---- vnf-router log ({}) ----\n{}---- end of log; work dir {} ----",
-                self.log.display(),
-                self.log_text(),
-                self.dir.display()
-            );
-        }
-    }
-}
-
-/// A running `tcpdump -w` of whole packets, stopping by itself after `max` packets.
-struct Capture {
-    proc: Proc,
-    pcap: PathBuf,
-    log: PathBuf,
-}
-
-impl Capture {
-    /// Capture up to `max` whole packets on `iface` in `ns` into `dir/name.pcap`; returns
-    /// once tcpdump listens.
-    fn start(ns: &Netns, iface: &str, filter: &str, dir: &Path, name: &str, max: u32) -> Capture {
-        let pcap = dir.join(format!("{name}.pcap"));
-        let log = dir.join(format!("{name}.tcpdump.log"));
-        let proc = ns.spawn_logged(
-            &format!(
-                "tcpdump -i {iface} -Z root --immediate-mode -U -nn -s 0 -c {max} -w {} '{filter}'",
-                pcap.display()
-            ),
-            Some(&log),
-        );
-        let mut c = Capture { proc, pcap, log };
-        let up = wait_for(Duration::from_secs(10), || {
-            c.pcap.exists()
-                && std::fs::read_to_string(&c.log).is_ok_and(|s| s.contains("listening on"))
-        });
-        assert!(
-            up && c.proc.running(),
-            "tcpdump on {iface} did not start:\n{}",
-            std::fs::read_to_string(&c.log).unwrap_or_default()
-        );
-        std::thread::sleep(Duration::from_millis(200));
-        c
-    }
-
-    /// Stop (SIGINT, so that tcpdump flushes; it may have stopped by itself already) and
-    /// return the pcap.
-    fn stop(mut self) -> PathBuf {
-        self.proc.signal(libc::SIGINT);
-        let code = self.proc.wait_timeout(Duration::from_secs(10));
-        assert_eq!(
-            code,
-            Some(0),
-            "tcpdump did not stop cleanly:\n{}",
-            std::fs::read_to_string(&self.log).unwrap_or_default()
-        );
-        self.pcap.clone()
-    }
 }
 
 /// TCP data segments from 10.0.0.1 in a pcap (inside VXLAN on port 4789 too), by checksum
@@ -311,26 +102,6 @@ fn show_vv(pcap: &Path) -> String {
     )
 }
 
-/// Ping inside a namespace: the number of replies, and ping's output.
-fn ping(ns: &Netns, args: &str) -> (usize, String) {
-    let out = ns.sh(&format!("ping -n {args}"));
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let received = text
-        .lines()
-        .find(|l| l.contains("packets transmitted"))
-        .and_then(|l| {
-            l.split(", ")
-                .find(|p| p.ends_with("received"))
-                .and_then(|p| p.split_whitespace().next()?.parse().ok())
-        })
-        .unwrap_or(0);
-    (received, text)
-}
-
 /// One ping (which may need ARP) from `ns` to `dst`, then 10 that must all be answered.
 fn ping_ok(ns: &Netns, dst: &str, what: &str) {
     let (got, out) = ping(ns, &format!("-c 1 -W 3 {dst}"));
@@ -340,46 +111,6 @@ fn ping_ok(ns: &Netns, dst: &str, what: &str) {
         got == 10 && out.contains(" 0% packet loss"),
         "ping {what} lost packets:\n{out}"
     );
-}
-
-/// The bits per second a `iperf3 --json` client reports as received, or its error.
-fn iperf3_bps(json: &str) -> Result<f64, String> {
-    let at = json
-        .find("\"sum_received\"")
-        .ok_or_else(|| format!("no sum_received in iperf3 output:\n{json}"))?;
-    let rest = &json[at..];
-    let k = rest
-        .find("\"bits_per_second\"")
-        .ok_or_else(|| format!("no bits_per_second in iperf3 output:\n{json}"))?;
-    let v = rest[k + "\"bits_per_second\"".len()..]
-        .trim_start_matches(|c: char| c == ':' || c.is_whitespace());
-    let end = v
-        .find(|c: char| !(c.is_ascii_digit() || c == '.' || c == 'e' || c == '+' || c == '-'))
-        .unwrap_or(v.len());
-    v[..end]
-        .parse()
-        .map_err(|e| format!("bad bits_per_second `{}`: {e}", &v[..end]))
-}
-
-/// An iperf3 TCP test from `client` to a one-off server bound to `addr` in `server`, with
-/// extra client arguments: the bits per second received, never zero (it panics with
-/// iperf3's output if the test fails or moves nothing).
-fn iperf3_tcp(client: &Netns, server: &Netns, addr: &str, args: &str) -> f64 {
-    let _server = server.spawn(&format!("iperf3 -s -1 -B {addr}"));
-    assert!(
-        wait_for(Duration::from_secs(10), || server
-            .sh(&format!("ss -ltn | grep -q {addr}:5201"))
-            .status
-            .success()),
-        "iperf3 server did not start"
-    );
-    let out = client.sh(&format!(
-        "timeout 20 iperf3 -c {addr} --connect-timeout 5000 {args} --json"
-    ));
-    let json = String::from_utf8_lossy(&out.stdout).into_owned();
-    let bps = iperf3_bps(&json).unwrap_or_else(|e| panic!("iperf3 {args} to {addr} failed: {e}"));
-    assert!(bps > 0.0, "iperf3 moved no data:\n{json}");
-    bps
 }
 
 /// Whether transmit checksum offload is on for an interface (`ethtool -k`).
@@ -404,8 +135,8 @@ fn untagged_interface_bridged_to_vni() {
         return;
     }
     let dir = WorkDir::new("netns-ports-iface");
-    let sw = underlay_switch();
-    let hv = hypervisor(&sw, 2);
+    let sw = underlay_switch(Family::V4);
+    let hv = hypervisor(&sw, 2, 100, &[1]);
     let ro = router_ns(&sw);
     let h1 = lan_host(&ro);
     let r = Router::start(
@@ -425,7 +156,7 @@ fn untagged_interface_bridged_to_vni() {
     // h1 -> hv (the first 300 packets): captured as h1 sends them, and as the router sends
     // them on in VXLAN (not at hv's vx0: GRO there merges segments, whose checksum tshark
     // cannot check).
-    let sent = Capture::start(
+    let sent = Capture::start_limited(
         &h1,
         "eth0",
         "tcp and src host 10.0.0.1",
@@ -433,7 +164,7 @@ fn untagged_interface_bridged_to_vni() {
         "h1-eth0",
         300,
     );
-    let recv = Capture::start(
+    let recv = Capture::start_limited(
         &r.ns,
         "ul0",
         "udp dst port 4789 and src host 198.18.0.1",
@@ -493,8 +224,8 @@ fn tap_port_bridged_to_vni() {
         return;
     }
     let dir = WorkDir::new("netns-ports-tap");
-    let sw = underlay_switch();
-    let hv = hypervisor(&sw, 2);
+    let sw = underlay_switch(Family::V4);
+    let hv = hypervisor(&sw, 2, 100, &[1]);
     let ro = router_ns(&sw);
     let r = Router::start(
         ro,
@@ -562,8 +293,8 @@ fn two_workers_on_a_trunk() {
         return;
     }
     let dir = WorkDir::new("netns-ports-workers");
-    let sw = underlay_switch();
-    let hv = hypervisor(&sw, 2);
+    let sw = underlay_switch(Family::V4);
+    let hv = hypervisor(&sw, 2, 100, &[1]);
     let ro = router_ns(&sw);
     let h1 = lan_host(&ro);
     // No ARP: a request and its reply hash by MAC addresses, to a worker of their own.
@@ -657,8 +388,8 @@ fn gso_frames_from_an_untagged_host_are_forwarded() {
         return;
     }
     let dir = WorkDir::new("netns-ports-gso");
-    let sw = underlay_switch();
-    let hv = hypervisor(&sw, 2);
+    let sw = underlay_switch(Family::V4);
+    let hv = hypervisor(&sw, 2, 100, &[1]);
     let ro = router_ns(&sw);
     let h1 = lan_host(&ro);
     let r = Router::start(

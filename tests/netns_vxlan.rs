@@ -39,140 +39,16 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use vnf_tests::netns::{Netns, Proc, bin, have_root, have_tool, serial, veth, wait_for, workdir};
+use vnf_tests::netns::{
+    Capture, Family, Netns, ROUTER_ADMIN as ADMIN, Router, WorkDir, have_root, have_tool,
+    hypervisor, iperf3_tcp, mac_of, ping, prom, router_ns, serial, sysctl, underlay_switch,
+    wait_for,
+};
 use vnf_tests::{arp_request, mac, vxlan};
-
-/// The router's admin HTTP listener, inside its own namespace.
-const ADMIN: &str = "127.0.0.1:9180";
 
 /// Every tool is installed (`have_tool` prints which one is not).
 fn tools(test: &str, list: &[&str]) -> bool {
     list.iter().all(|t| have_tool(test, t))
-}
-
-/// Write a sysctl inside a namespace (through /proc, which shows the namespace's values).
-fn sysctl(ns: &Netns, key: &str, value: &str) {
-    let path = format!("/proc/sys/{}", key.replace('.', "/"));
-    ns.run(&format!("sh -c 'echo {value} > {path}'"));
-}
-
-/// Turn IPv6 off in a namespace, if the kernel has it at all.
-fn quiet_ipv6(ns: &Netns) {
-    for k in ["all", "default"] {
-        let _ = ns.sh(&format!(
-            "echo 1 > /proc/sys/net/ipv6/conf/{k}/disable_ipv6"
-        ));
-    }
-}
-
-/// The underlay's address family: nodes are 198.18.0.`n`/24 or 2001:db8::`n`/64.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Family {
-    V4,
-    V6,
-}
-
-impl Family {
-    /// Underlay node `n`'s address.
-    fn addr(self, n: u8) -> String {
-        match self {
-            Family::V4 => format!("198.18.0.{n}"),
-            Family::V6 => format!("2001:db8::{n}"),
-        }
-    }
-
-    /// Bytes of VXLAN encapsulation around an inner IP packet: outer IP header, UDP,
-    /// VXLAN and the inner Ethernet header.
-    fn overhead(self) -> u32 {
-        match self {
-            Family::V4 => 20 + 8 + 8 + 14,
-            Family::V6 => 40 + 8 + 8 + 14,
-        }
-    }
-}
-
-/// The underlay switch: a namespace with a Linux bridge `br0`, and the address family of
-/// the nodes attached to it.
-struct Switch {
-    ns: Netns,
-    family: Family,
-}
-
-impl std::ops::Deref for Switch {
-    type Target = Netns;
-    fn deref(&self) -> &Netns {
-        &self.ns
-    }
-}
-
-fn underlay_switch(family: Family) -> Switch {
-    let sw = Netns::new("vxs");
-    quiet_ipv6(&sw);
-    sw.run("ip link add br0 type bridge");
-    if family == Family::V6 {
-        // No MLD querier on this switch: neighbour discovery's multicast must simply flood.
-        sw.run("ip link set br0 type bridge mcast_snooping 0");
-    }
-    sw.run("ip link set br0 up");
-    Switch { ns: sw, family }
-}
-
-/// A namespace on the underlay as node `n` (198.18.0.`n` or 2001:db8::`n`), on its interface
-/// `ul0`. Over IPv6 only `ul0` gets IPv6 back, and its address skips duplicate address
-/// detection (`nodad`) so that it is usable at once; `vx0` and the rest stay IPv6-free.
-fn underlay_node(sw: &Switch, prefix: &str, n: u8) -> Netns {
-    let ns = Netns::new(prefix);
-    quiet_ipv6(&ns);
-    let port = format!("p{n}");
-    veth(&ns, "ul0", sw, &port);
-    sw.run(&format!("ip link set {port} master br0"));
-    match sw.family {
-        Family::V4 => {
-            ns.run(&format!("ip addr add 198.18.0.{n}/24 dev ul0"));
-        }
-        Family::V6 => {
-            for iface in ["lo", "ul0"] {
-                sysctl(&ns, &format!("net.ipv6.conf.{iface}.disable_ipv6"), "0");
-            }
-            ns.run(&format!("ip -6 addr add 2001:db8::{n}/64 dev ul0 nodad"));
-        }
-    }
-    ns
-}
-
-/// A hypervisor as underlay node `n`: a kernel `vxlan` device `vx0` on `vni` with overlay
-/// address 10.0.0.`n`/24 and MTU 1500 less the VXLAN overhead of the underlay's family,
-/// flooding (head-end replication) to underlay node `f` for each `f`. The outer UDP
-/// checksum settings stay the kernel's defaults: over IPv6 it sends and requires checksums.
-fn hypervisor(sw: &Switch, n: u8, vni: u32, flood: &[u8]) -> Netns {
-    let hv = underlay_node(sw, "vxh", n);
-    hv.run("ethtool -K ul0 tx off");
-    hv.run(&format!(
-        "ip link add vx0 type vxlan id {vni} local {} dstport 4789 nolearning",
-        sw.family.addr(n)
-    ));
-    for f in flood {
-        hv.run(&format!(
-            "bridge fdb append 00:00:00:00:00:00 dev vx0 dst {}",
-            sw.family.addr(*f)
-        ));
-    }
-    hv.run(&format!("ip addr add 10.0.0.{n}/24 dev vx0"));
-    hv.run(&format!(
-        "ip link set vx0 mtu {} up",
-        1500 - sw.family.overhead()
-    ));
-    hv
-}
-
-/// The MAC address of an interface inside a namespace, lowercase `aa:bb:..`.
-fn mac_of(ns: &Netns, iface: &str) -> String {
-    let out = ns.run(&format!("ip -o link show {iface}"));
-    out.split_whitespace()
-        .skip_while(|w| *w != "link/ether")
-        .nth(1)
-        .unwrap_or_else(|| panic!("no MAC in `{out}`"))
-        .to_ascii_lowercase()
 }
 
 fn mac_bytes(s: &str) -> [u8; 6] {
@@ -187,184 +63,12 @@ fn hex(b: &[u8]) -> String {
     b.iter().map(|x| format!("{x:02x}")).collect()
 }
 
-/// The value of the sample `key` (`name{labels}`) in Prometheus text, if present.
-fn prom(text: &str, key: &str) -> Option<f64> {
-    text.lines().find_map(|l| {
-        l.strip_prefix(key)
-            .and_then(|rest| rest.strip_prefix(' '))
-            .and_then(|v| v.trim().parse().ok())
-    })
-}
-
 /// The sum of every sample of a metric family (all label values).
 fn prom_sum(text: &str, name: &str) -> f64 {
     text.lines()
         .filter(|l| l.starts_with(&format!("{name}{{")))
         .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
         .sum()
-}
-
-/// A test's work directory (configs, logs, pcaps): removed when the test passes, kept and
-/// named when it fails.
-struct WorkDir(PathBuf);
-
-impl WorkDir {
-    fn new(name: &str) -> WorkDir {
-        WorkDir(workdir(name))
-    }
-}
-
-impl std::ops::Deref for WorkDir {
-    type Target = Path;
-    fn deref(&self) -> &Path {
-        &self.0
-    }
-}
-
-impl Drop for WorkDir {
-    fn drop(&mut self) {
-        if std::thread::panicking() {
-            eprintln!("work dir kept: {}", self.0.display());
-        } else {
-            let _ = std::fs::remove_dir_all(&self.0);
-        }
-    }
-}
-
-/// The router in its own namespace on the underlay as node 1 (198.18.0.1 or 2001:db8::1);
-/// prints its log if the test fails.
-struct Router {
-    proc: Proc,
-    ns: Netns,
-    log: PathBuf,
-    dir: PathBuf,
-}
-
-impl Router {
-    fn start(sw: &Switch, dir: &Path, yaml: &str) -> Router {
-        let ns = underlay_node(sw, "vxr", 1);
-        ns.run("ethtool -K ul0 tx off tx-udp-segmentation off");
-        let cfg = dir.join("router.yaml");
-        std::fs::write(&cfg, yaml).expect("write router config");
-        let log = dir.join("router.log");
-        let proc = ns.spawn_logged(
-            &format!(
-                "{} --config {} --admin {ADMIN}",
-                bin("vnf-router").display(),
-                cfg.display()
-            ),
-            Some(&log),
-        );
-        let mut r = Router {
-            proc,
-            ns,
-            log,
-            dir: dir.to_path_buf(),
-        };
-        let ready = wait_for(Duration::from_secs(15), || {
-            r.ns.sh(&format!("curl -sf http://{ADMIN}/readyz"))
-                .status
-                .success()
-        });
-        assert!(
-            ready && r.proc.running(),
-            "vnf-router did not become ready:\n{}",
-            r.log_text()
-        );
-        r
-    }
-
-    fn log_text(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-
-    fn metrics(&self) -> String {
-        self.ns.run(&format!("curl -sf http://{ADMIN}/metrics"))
-    }
-
-    /// One sample; panics (with the whole text) if the router does not export it.
-    fn metric(&self, key: &str) -> f64 {
-        let text = self.metrics();
-        prom(&text, key).unwrap_or_else(|| panic!("no sample `{key}` in /metrics:\n{text}"))
-    }
-
-    fn drops(&self, reason: &str) -> f64 {
-        self.metric(&format!("vnf_drops_total{{reason=\"{reason}\"}}"))
-    }
-}
-
-impl Drop for Router {
-    fn drop(&mut self) {
-        if std::thread::panicking() {
-            eprintln!(
-                "---- vnf-router log ({}) ----\n{}---- end of log; work dir {} ----",
-                self.log.display(),
-                self.log_text(),
-                self.dir.display()
-            );
-        }
-    }
-}
-
-/// A running `tcpdump -w`.
-struct Capture {
-    proc: Proc,
-    pcap: PathBuf,
-    log: PathBuf,
-}
-
-impl Capture {
-    /// Capture the first 256 bytes of each packet on `iface` in `ns` into `dir/name.pcap`;
-    /// returns once tcpdump listens.
-    fn start(ns: &Netns, iface: &str, filter: &str, dir: &Path, name: &str) -> Capture {
-        Capture::start_snaplen(ns, iface, filter, dir, name, 256)
-    }
-
-    /// [`start`](Self::start), keeping `snaplen` bytes of each packet (0: all of it, which
-    /// checksum validation needs).
-    fn start_snaplen(
-        ns: &Netns,
-        iface: &str,
-        filter: &str,
-        dir: &Path,
-        name: &str,
-        snaplen: u32,
-    ) -> Capture {
-        let pcap = dir.join(format!("{name}.pcap"));
-        let log = dir.join(format!("{name}.tcpdump.log"));
-        let proc = ns.spawn_logged(
-            &format!(
-                "tcpdump -i {iface} -Z root --immediate-mode -U -nn -s {snaplen} -w {} '{filter}'",
-                pcap.display()
-            ),
-            Some(&log),
-        );
-        let mut c = Capture { proc, pcap, log };
-        let up = wait_for(Duration::from_secs(10), || {
-            c.pcap.exists()
-                && std::fs::read_to_string(&c.log).is_ok_and(|s| s.contains("listening on"))
-        });
-        assert!(
-            up && c.proc.running(),
-            "tcpdump on {iface} did not start:\n{}",
-            std::fs::read_to_string(&c.log).unwrap_or_default()
-        );
-        std::thread::sleep(Duration::from_millis(300));
-        c
-    }
-
-    /// Stop (SIGINT, so that tcpdump flushes) and return the pcap.
-    fn stop(mut self) -> PathBuf {
-        self.proc.signal(libc::SIGINT);
-        let code = self.proc.wait_timeout(Duration::from_secs(10));
-        assert_eq!(
-            code,
-            Some(0),
-            "tcpdump did not stop cleanly:\n{}",
-            std::fs::read_to_string(&self.log).unwrap_or_default()
-        );
-        self.pcap.clone()
-    }
 }
 
 /// One packet decoded by tshark: per requested field, its values, outermost first.
@@ -436,26 +140,6 @@ fn show(pcap: &Path) -> String {
     )
 }
 
-/// Ping inside a namespace; the number of replies.
-fn ping(ns: &Netns, args: &str) -> (usize, String) {
-    let out = ns.sh(&format!("ping -n {args}"));
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let received = text
-        .lines()
-        .find(|l| l.contains("packets transmitted"))
-        .and_then(|l| {
-            l.split(", ")
-                .find(|p| p.ends_with("received"))
-                .and_then(|p| p.split_whitespace().next()?.parse().ok())
-        })
-        .unwrap_or(0);
-    (received, text)
-}
-
 /// Write the python helpers the tests use into `dir`.
 fn python_helpers(dir: &Path) -> (PathBuf, PathBuf) {
     // Raw Ethernet frames out of an interface: IFACE HEXFRAME COUNT GAP_S.
@@ -506,47 +190,6 @@ fn python_helpers(dir: &Path) -> (PathBuf, PathBuf) {
     (raw, udp)
 }
 
-/// The bits per second a `iperf3 --json` client reports as received, or its error.
-fn iperf3_bps(json: &str) -> Result<f64, String> {
-    let at = json
-        .find("\"sum_received\"")
-        .ok_or_else(|| format!("no sum_received in iperf3 output:\n{json}"))?;
-    let rest = &json[at..];
-    let k = rest
-        .find("\"bits_per_second\"")
-        .ok_or_else(|| format!("no bits_per_second in iperf3 output:\n{json}"))?;
-    let v = rest[k + "\"bits_per_second\"".len()..]
-        .trim_start_matches(|c: char| c == ':' || c.is_whitespace());
-    let end = v
-        .find(|c: char| !(c.is_ascii_digit() || c == '.' || c == 'e' || c == '+' || c == '-'))
-        .unwrap_or(v.len());
-    v[..end]
-        .parse()
-        .map_err(|e| format!("bad bits_per_second `{}`: {e}", &v[..end]))
-}
-
-/// An iperf3 TCP test from `client` to a one-off server on 10.0.0.`n` in `server`, with
-/// extra client arguments: the bits per second received, never zero (it panics with
-/// iperf3's output if the test fails or moves nothing).
-fn iperf3_tcp(client: &Netns, server: &Netns, n: u8, args: &str) -> f64 {
-    let _server = server.spawn(&format!("iperf3 -s -1 -B 10.0.0.{n}"));
-    assert!(
-        wait_for(Duration::from_secs(10), || server
-            .sh(&format!("ss -ltn | grep -q 10.0.0.{n}:5201"))
-            .status
-            .success()),
-        "iperf3 server did not start"
-    );
-    let out = client.sh(&format!(
-        "timeout 25 iperf3 -c 10.0.0.{n} --connect-timeout 5000 {args} --json"
-    ));
-    let json = String::from_utf8_lossy(&out.stdout).into_owned();
-    let bps =
-        iperf3_bps(&json).unwrap_or_else(|e| panic!("iperf3 {args} to 10.0.0.{n} failed: {e}"));
-    assert!(bps > 0.0, "iperf3 moved no data:\n{json}");
-    bps
-}
-
 const TOOLS: &[&str] = &[
     "ip", "bridge", "ethtool", "ping", "tcpdump", "tshark", "python3", "curl",
 ];
@@ -569,7 +212,7 @@ fn kernel_vteps_ping_and_iperf3_through_vni_bridge() {
     let hv2 = hypervisor(&sw, 2, 100, &[1]);
     let hv3 = hypervisor(&sw, 3, 200, &[1]);
     let r = Router::start(
-        &sw,
+        router_ns(&sw),
         &dir,
         "underlay: {address: 198.18.0.1}\n\
          ports:\n\
@@ -703,7 +346,7 @@ fn kernel_vteps_ping_and_iperf3_through_vni_bridge() {
     );
 
     // Phase 2: iperf3 TCP through the bridge (not captured: too many packets to decode).
-    let bps = iperf3_tcp(&hv2, &hv3, 3, "-t 3");
+    let bps = iperf3_tcp(&hv2, &hv3, "10.0.0.3", "-t 3");
     eprintln!(
         "{T}: iperf3 TCP hv2 (VNI 100) -> hv3 (VNI 200): {:.1} Mbit/s",
         bps / 1e6
@@ -747,7 +390,7 @@ fn flood_list_replicates_once_per_vtep_then_unicast_follows_learning() {
         .map(|n| (n, hypervisor(&sw, n, 200, &[1])))
         .collect();
     let r = Router::start(
-        &sw,
+        router_ns(&sw),
         &dir,
         "underlay: {address: 198.18.0.1}\n\
          ports:\n\
@@ -901,7 +544,7 @@ fn isolation_and_bad_input_are_dropped_and_counted() {
         sysctl(hv, "net.ipv4.icmp_echo_ignore_broadcasts", "0");
     }
     let r = Router::start(
-        &sw,
+        router_ns(&sw),
         &dir,
         "underlay: {address: 198.18.0.1}\n\
          ports:\n\
@@ -1081,7 +724,7 @@ fn ipv6_underlay_ping_and_iperf3() {
     let hv2 = hypervisor(&sw, 2, 100, &[1]);
     let hv3 = hypervisor(&sw, 3, 200, &[1]);
     let r = Router::start(
-        &sw,
+        router_ns(&sw),
         &dir,
         "underlay: {address: \"2001:db8::1\"}\n\
          ports:\n\
@@ -1229,7 +872,7 @@ fn ipv6_underlay_ping_and_iperf3() {
     );
 
     // Phase 2: iperf3 TCP at the full 1430-byte MTU.
-    let bps = iperf3_tcp(&hv2, &hv3, 3, "-t 3");
+    let bps = iperf3_tcp(&hv2, &hv3, "10.0.0.3", "-t 3");
     eprintln!(
         "{T}: iperf3 TCP hv2 (VNI 100) -> hv3 (VNI 200) over IPv6: {:.1} Mbit/s",
         bps / 1e6
@@ -1298,7 +941,7 @@ fn two_workers_keep_flows_working() {
         ));
     }
     let r = Router::start(
-        &sw,
+        router_ns(&sw),
         &dir,
         "workers: 2\n\
          underlay: {address: 198.18.0.1}\n\
@@ -1350,7 +993,7 @@ fn two_workers_keep_flows_working() {
          VNI 100 {w100:?}, VNI 200 {w200:?}:\n{m}"
     );
 
-    let bps = iperf3_tcp(&hv2, &hv3, 3, "-P 4 -t 3");
+    let bps = iperf3_tcp(&hv2, &hv3, "10.0.0.3", "-P 4 -t 3");
     eprintln!(
         "{T}: iperf3 TCP -P 4 hv2 (VNI 100) -> hv3 (VNI 200): {:.1} Mbit/s",
         bps / 1e6
@@ -1369,7 +1012,7 @@ fn two_workers_keep_flows_working() {
             break;
         }
         eprintln!("{T}: the TCP flows used one worker only ({by_vni:?}); iperf3 -P 8, try {extra}");
-        iperf3_tcp(&hv2, &hv3, 3, "-P 8 -t 1");
+        iperf3_tcp(&hv2, &hv3, "10.0.0.3", "-P 8 -t 1");
         (by_vni, m) = learned();
     }
     eprintln!("{T}: after iperf3: fdb entries by VNI and worker {by_vni:?}");
