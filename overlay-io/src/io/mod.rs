@@ -21,7 +21,8 @@ pub const RCVBUF: i32 = 8 << 20;
 /// Send buffer asked for on every datapath socket.
 pub const SNDBUF: i32 = 4 << 20;
 
-fn setsockopt_int(fd: RawFd, level: i32, name: i32, value: i32) -> io::Result<()> {
+/// Set an integer socket option.
+pub(crate) fn setsockopt_int(fd: RawFd, level: i32, name: i32, value: i32) -> io::Result<()> {
     // SAFETY: passing a pointer to a live c_int with its size.
     let r = unsafe {
         libc::setsockopt(

@@ -79,18 +79,18 @@ impl UdpRx {
             io::Error::new(e.kind(), format!("cannot bind the VXLAN port {addr}: {e}"))
         })?;
         sock.set_nonblocking(true)?;
-        let gro = (gro && set_int(sock.as_raw_fd(), libc::SOL_UDP, libc::UDP_GRO, 1).is_ok()).then(
-            || Gro {
-                bufs: (0..GRO_BUFS)
-                    .map(|_| vec![0u8; GRO_BUF_LEN].into_boxed_slice())
-                    .collect(),
-                cmsgs: vec![[0u64; 8]; GRO_BUFS],
-                pending: Vec::with_capacity(GRO_BUFS),
-                next: 0,
-                offset: 0,
-                coalesced: 0,
-            },
-        );
+        let gro = (gro
+            && super::setsockopt_int(sock.as_raw_fd(), libc::SOL_UDP, libc::UDP_GRO, 1).is_ok())
+        .then(|| Gro {
+            bufs: (0..GRO_BUFS)
+                .map(|_| vec![0u8; GRO_BUF_LEN].into_boxed_slice())
+                .collect(),
+            cmsgs: vec![[0u64; 8]; GRO_BUFS],
+            pending: Vec::with_capacity(GRO_BUFS),
+            next: 0,
+            offset: 0,
+            coalesced: 0,
+        });
         // SAFETY: all-zero is a valid value of these plain C structs.
         let zero_hdr: libc::mmsghdr = unsafe { zeroed() };
         // SAFETY: as above.
@@ -334,7 +334,7 @@ impl UdpTx {
             if local_ip.is_ipv4() {
                 // RFC 7348 §4.3: the outer packet must not be fragmented; set DF and let
                 // the VTEP drop oversize frames itself (counted as mtu_exceeded).
-                set_int(
+                super::setsockopt_int(
                     s.as_raw_fd(),
                     libc::IPPROTO_IP,
                     libc::IP_MTU_DISCOVER,
@@ -344,7 +344,7 @@ impl UdpTx {
                 // SO_NO_CHECK would give; but the kernel refuses UDP GSO on such a socket
                 // (EINVAL), and GSO is worth far more (BENCHMARKS.md). So it is computed.
             } else {
-                set_int(
+                super::setsockopt_int(
                     s.as_raw_fd(),
                     libc::IPPROTO_IPV6,
                     libc::IPV6_MTU_DISCOVER,
@@ -548,24 +548,6 @@ fn gro_segment(mh: &libc::msghdr) -> Option<usize> {
         }
     }
     None
-}
-
-fn set_int(fd: RawFd, level: i32, name: i32, value: i32) -> io::Result<()> {
-    // SAFETY: passing a pointer to a live c_int with its size.
-    let r = unsafe {
-        libc::setsockopt(
-            fd,
-            level,
-            name,
-            (&raw const value).cast(),
-            size_of::<i32>() as libc::socklen_t,
-        )
-    };
-    if r < 0 {
-        Err(io::Error::last_os_error())
-    } else {
-        Ok(())
-    }
 }
 
 /// Write `UDP_SEGMENT` into a control buffer; returns its length.
