@@ -55,6 +55,10 @@ pub struct RawUnderlay {
     /// default: measured no faster on veth underlays (BENCHMARKS.md).
     #[serde(default)]
     pub gro: bool,
+    /// IPv6 underlay: accept VXLAN with a zero UDP checksum (RFC 6935), as sent by Linux
+    /// `vxlan` devices with `udp6zerocsumtx`. Off by default, like Linux's `udp6zerocsumrx`.
+    #[serde(default)]
+    pub ipv6_zero_checksum: bool,
 }
 
 impl Default for RawUnderlay {
@@ -66,6 +70,7 @@ impl Default for RawUnderlay {
             mtu: default_underlay_mtu(),
             gso: true,
             gro: false,
+            ipv6_zero_checksum: false,
         }
     }
 }
@@ -147,6 +152,8 @@ pub struct Underlay {
     pub gso: bool,
     /// UDP GRO on receive.
     pub gro: bool,
+    /// Accept zero UDP checksums on an IPv6 underlay.
+    pub ipv6_zero_checksum: bool,
 }
 
 /// What a port is.
@@ -197,7 +204,7 @@ pub struct DatapathConfig {
 
 /// The parts of a config that decide which sockets and threads exist.
 pub type IoShape = (
-    Option<(SocketAddr, u16, bool, bool)>,
+    Option<(SocketAddr, u16, bool, bool, bool)>,
     Vec<(String, IfaceKind)>,
     Tuning,
 );
@@ -242,7 +249,7 @@ impl DatapathConfig {
         (
             self.underlay
                 .as_ref()
-                .map(|u| (u.local, u.source_ports, u.gso, u.gro)),
+                .map(|u| (u.local, u.source_ports, u.gso, u.gro, u.ipv6_zero_checksum)),
             self.ifaces(),
             self.tuning,
         )
@@ -324,6 +331,13 @@ pub fn compile(
             e,
             "underlay.address".into(),
             format!("{ip} cannot be a VTEP address: give this VNF's own unicast address"),
+        );
+    }
+    if underlay.ipv6_zero_checksum && !matches!(local_ip, Some(IpAddr::V6(_))) {
+        err(
+            e,
+            "underlay.ipv6_zero_checksum".into(),
+            "applies only to an IPv6 underlay address",
         );
     }
     let overhead = match local_ip {
@@ -569,6 +583,7 @@ pub fn compile(
         mtu: underlay.mtu,
         gso: underlay.gso,
         gro: underlay.gro,
+        ipv6_zero_checksum: underlay.ipv6_zero_checksum,
     });
     Ok(DatapathConfig {
         underlay,
@@ -686,6 +701,30 @@ mod tests {
     fn vni_needs_underlay() {
         let p = paths(compile(&RawUnderlay::default(), &[vni_port("a", 1)], 1, 64));
         assert_eq!(p, vec!["ports[0].vni"]);
+    }
+
+    #[test]
+    fn zero_checksum_option_needs_ipv6() {
+        let u = RawUnderlay {
+            ipv6_zero_checksum: true,
+            ..underlay()
+        };
+        assert_eq!(
+            paths(compile(&u, &[vni_port("a", 1)], 1, 64)),
+            vec!["underlay.ipv6_zero_checksum"]
+        );
+        let u6 = RawUnderlay {
+            address: Some("2001:db8::1".parse().unwrap()),
+            ipv6_zero_checksum: true,
+            ..Default::default()
+        };
+        assert!(
+            compile(&u6, &[vni_port("a", 1)], 1, 64)
+                .unwrap()
+                .underlay
+                .unwrap()
+                .ipv6_zero_checksum
+        );
     }
 
     #[test]

@@ -216,7 +216,7 @@ impl<NF: NetworkFunction + 'static> Datapath<NF> {
         let (u_new, if_new, t_new) = dp.io_shape();
         if u_old != u_new {
             return Err(DatapathError::NeedsRestart(
-                "the underlay (address, port, source_ports, gso, gro)",
+                "the underlay (address, port, source_ports, gso, gro, ipv6_zero_checksum)",
             ));
         }
         if if_old != if_new {
@@ -279,10 +279,15 @@ fn open_io(dp: &DatapathConfig, workers: usize) -> Result<Vec<WorkerIo>, Datapat
     for w in 0..workers {
         let (udp_rx, udp_tx) = match &dp.underlay {
             Some(u) => (
-                Some(
-                    UdpRx::bind(u.local, workers > 1, u.gro)
-                        .map_err(io_err(format!("VXLAN port {}", u.local)))?,
-                ),
+                Some({
+                    let rx = UdpRx::bind(u.local, workers > 1, u.gro)
+                        .map_err(io_err(format!("VXLAN port {}", u.local)))?;
+                    if u.ipv6_zero_checksum {
+                        rx.accept_zero_checksum6()
+                            .map_err(io_err("accepting zero IPv6 UDP checksums"))?;
+                    }
+                    rx
+                }),
                 Some(
                     UdpTx::open(u.local.ip(), u.source_ports, u.local.port(), u.gso)
                         .map_err(io_err(format!("VXLAN source sockets on {}", u.local.ip())))?,

@@ -106,6 +106,15 @@ impl UdpRx {
         })
     }
 
+    /// Accept IPv6 VXLAN whose UDP checksum is zero (RFC 6935, with the conditions of
+    /// RFC 6936 §5: both ends configured for it), as a Linux `vxlan` device with
+    /// `udp6zerocsumtx` sends. Without it the kernel drops such datagrams before us.
+    pub fn accept_zero_checksum6(&self) -> io::Result<()> {
+        // linux/udp.h
+        const UDP_NO_CHECK6_RX: i32 = 102;
+        super::setsockopt_int(self.sock.as_raw_fd(), libc::SOL_UDP, UDP_NO_CHECK6_RX, 1)
+    }
+
     /// Whether UDP GRO is on.
     pub fn gro(&self) -> bool {
         self.gro.is_some()
@@ -693,6 +702,38 @@ mod tests {
         }
         assert_eq!(got, payloads);
         assert!(rx.gro_coalesced() > 0, "the kernel coalesced the GSO send");
+    }
+
+    #[test]
+    fn ipv6_zero_checksums_only_when_asked() {
+        let lo6 = IpAddr::V6(std::net::Ipv6Addr::LOCALHOST);
+        let Ok(mut strict) = UdpRx::bind(SocketAddr::new(lo6, 0), false, false) else {
+            eprintln!("skipped: ipv6_zero_checksums_only_when_asked: no IPv6 loopback here");
+            return;
+        };
+        let mut lenient = UdpRx::bind(SocketAddr::new(lo6, 0), false, false).unwrap();
+        lenient.accept_zero_checksum6().unwrap();
+        // A sender that leaves the checksum zero, like `udp6zerocsumtx`.
+        let tx = std::net::UdpSocket::bind("[::1]:0").unwrap();
+        const UDP_NO_CHECK6_TX: i32 = 101;
+        crate::io::setsockopt_int(tx.as_raw_fd(), libc::SOL_UDP, UDP_NO_CHECK6_TX, 1).unwrap();
+        for rx in [&strict, &lenient] {
+            tx.send_to(b"zero-checksum", rx.local_addr().unwrap())
+                .unwrap();
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+        let mut bufs: Vec<PacketBuf> = (0..4).map(|_| PacketBuf::new()).collect();
+        assert_eq!(
+            strict.recv_batch(&mut bufs).unwrap(),
+            0,
+            "dropped by default"
+        );
+        assert_eq!(
+            lenient.recv_batch(&mut bufs).unwrap(),
+            1,
+            "accepted when asked"
+        );
+        assert_eq!(bufs[0].bytes(), b"zero-checksum");
     }
 
     #[test]
