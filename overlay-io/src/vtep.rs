@@ -178,13 +178,20 @@ impl Vtep {
     /// Where a frame for `dst` on `vni` goes; `None` if the VNI is not joined.
     #[inline]
     pub fn dest(&self, vni: Vni, dst: &Mac) -> Option<Dest<'_>> {
+        self.dest_and_slot(vni, dst).map(|(d, _)| d)
+    }
+
+    /// [`dest`](Self::dest) and the VNI's counter slot, with one table lookup (the send
+    /// path needs both).
+    #[inline]
+    pub fn dest_and_slot(&self, vni: Vni, dst: &Mac) -> Option<(Dest<'_>, usize)> {
         let st = self.vnis.get(&vni)?;
         if !crate::is_group_mac(dst)
             && let Some(ip) = st.fdb.lookup(dst)
         {
-            return Some(Dest::Unicast(ip));
+            return Some((Dest::Unicast(ip), st.slot));
         }
-        Some(Dest::Flood(&st.cfg.flood))
+        Some((Dest::Flood(&st.cfg.flood), st.slot))
     }
 
     /// The counter slot of a joined VNI.

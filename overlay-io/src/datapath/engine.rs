@@ -434,7 +434,7 @@ impl<NF: NetworkFunction> Engine<NF> {
                     self.counters.count_drop(DropReason::FrameMalformed);
                     return;
                 };
-                let Some(dest) = self.vtep.dest(vni, &dst_mac) else {
+                let Some((dest, vni_slot)) = self.vtep.dest_and_slot(vni, &dst_mac) else {
                     self.counters.count_drop(DropReason::PortUnassigned);
                     return;
                 };
@@ -451,7 +451,7 @@ impl<NF: NetworkFunction> Engine<NF> {
                     self.counters.count_drop(DropReason::NoBuffer);
                     return;
                 }
-                let vc = self.vtep.slot(vni).map(|s| &self.counters.vnis[s]);
+                let vc = self.counters.vnis.get(vni_slot);
                 match dest {
                     Dest::Unicast(dst) => self.out.udp.push(UdpOut {
                         buf: r,
