@@ -13,7 +13,9 @@ use std::path::Path;
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use vnf_tests::netns::{Netns, Proc, bin, have_root, have_tool, serial, veth, wait_for, workdir};
+use vnf_tests::netns::{
+    Netns, Proc, bin, have_root, have_tool, ping_summary, serial, veth, wait_for, workdir,
+};
 use vnf_tests::{mac, udp_frame, vxlan};
 
 // ---------------------------------------------------------------------------------------
@@ -504,17 +506,6 @@ fn reload_config(extra_db: &str) -> String {
          \x20 - name: db\n    vni: 200\n    flood: [198.18.0.3]\n{extra_db}\
          bridges:\n  - name: gw\n    ports: [web, db]\n"
     )
-}
-
-/// Lost and sent of a finished `ping` from its summary.
-fn ping_summary(out: &str) -> Option<(u32, u32)> {
-    let line = out.lines().find(|l| l.contains("packets transmitted"))?;
-    let mut nums = line
-        .split(|c: char| !c.is_ascii_digit())
-        .filter(|s| !s.is_empty());
-    let sent: u32 = nums.next()?.parse().ok()?;
-    let received: u32 = nums.next()?.parse().ok()?;
-    Some((sent - received.min(sent), sent))
 }
 
 #[test]

@@ -665,3 +665,14 @@ pub fn iperf3_tcp(client: &Netns, server: &Netns, addr: &str, args: &str) -> f64
     assert!(bps > 0.0, "iperf3 moved no data:\n{json}");
     bps
 }
+
+/// Lost and sent packets of a finished `ping`, from its summary line.
+pub fn ping_summary(out: &str) -> Option<(u32, u32)> {
+    let line = out.lines().find(|l| l.contains("packets transmitted"))?;
+    let mut nums = line
+        .split(|c: char| !c.is_ascii_digit())
+        .filter(|s| !s.is_empty());
+    let sent: u32 = nums.next()?.parse().ok()?;
+    let received: u32 = nums.next()?.parse().ok()?;
+    Some((sent - received.min(sent), sent))
+}

@@ -28,7 +28,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use vnf_tests::netns::{
-    Netns, Proc, bin, have_root, have_tool, run, serial, sh, veth, wait_for, workdir,
+    Netns, Proc, bin, have_root, have_tool, ping_summary, run, serial, sh, veth, wait_for, workdir,
 };
 
 const TEST: &str = "vlan_host_behind_ovs_reaches_kernel_vxlan_host";
@@ -144,17 +144,6 @@ fn packet_socket_drops(ns: &Netns) -> Vec<(String, u64)> {
             Some((iface, d.parse().ok()?))
         })
         .collect()
-}
-
-/// Lost and sent of a finished `ping`, from its summary line.
-fn ping_summary(out: &str) -> Option<(u32, u32)> {
-    let line = out.lines().find(|l| l.contains("packets transmitted"))?;
-    let mut nums = line
-        .split(|c: char| !c.is_ascii_digit())
-        .filter(|s| !s.is_empty());
-    let sent: u32 = nums.next()?.parse().ok()?;
-    let received: u32 = nums.next()?.parse().ok()?;
-    Some((sent - received.min(sent), sent))
 }
 
 /// A number after `"key":` somewhere after `section` in iperf3's JSON.

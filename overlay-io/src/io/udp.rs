@@ -153,23 +153,8 @@ impl UdpRx {
             }
             // SAFETY: the first GRO_BUFS headers point at live iovecs over our own GRO
             // buffers, at sockaddr storage and at 64-byte control buffers.
-            let r = unsafe {
-                libc::recvmmsg(
-                    fd,
-                    self.hdrs.as_mut_ptr(),
-                    GRO_BUFS as libc::c_uint,
-                    libc::MSG_DONTWAIT,
-                    std::ptr::null_mut(),
-                )
-            };
-            if r < 0 {
-                let e = io::Error::last_os_error();
-                return match e.kind() {
-                    io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted => Ok(0),
-                    _ => Err(e),
-                };
-            }
-            for i in 0..r as usize {
+            let r = unsafe { recvmmsg(fd, &mut self.hdrs, GRO_BUFS) }?;
+            for i in 0..r {
                 let h = &self.hdrs[i];
                 let len = h.msg_len as usize;
                 let seg = gro_segment(&h.msg_hdr).unwrap_or(len).max(1);
@@ -238,23 +223,7 @@ impl UdpRx {
         }
         // SAFETY: `hdrs[..n]` point at `n` live iovecs over buffers we borrow mutably for
         // the duration of the call, and at `addrs` entries large enough for any address.
-        let r = unsafe {
-            libc::recvmmsg(
-                self.sock.as_raw_fd(),
-                self.hdrs.as_mut_ptr(),
-                n as libc::c_uint,
-                libc::MSG_DONTWAIT,
-                std::ptr::null_mut(),
-            )
-        };
-        if r < 0 {
-            let e = io::Error::last_os_error();
-            return match e.kind() {
-                io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted => Ok(0),
-                _ => Err(e),
-            };
-        }
-        let got = r as usize;
+        let got = unsafe { recvmmsg(self.sock.as_raw_fd(), &mut self.hdrs, n) }?;
         for (i, b) in bufs.iter_mut().take(got).enumerate() {
             let len = self.hdrs[i].msg_len as usize;
             let truncated = self.hdrs[i].msg_hdr.msg_flags & libc::MSG_TRUNC != 0;
@@ -539,6 +508,33 @@ impl UdpTx {
             stats.failed += self.segs[done];
             done += 1;
         }
+    }
+}
+
+/// `recvmmsg(2)` of up to `n` messages without blocking: how many arrived, 0 when none.
+///
+/// # Safety
+/// The first `n` headers must point at live iovecs, names and control buffers that the
+/// kernel may write for the duration of the call.
+unsafe fn recvmmsg(fd: RawFd, hdrs: &mut [libc::mmsghdr], n: usize) -> io::Result<usize> {
+    let n = n.min(hdrs.len());
+    // SAFETY: the caller vouches for the first `n` headers; `n` is within `hdrs`.
+    let r = unsafe {
+        libc::recvmmsg(
+            fd,
+            hdrs.as_mut_ptr(),
+            n as libc::c_uint,
+            libc::MSG_DONTWAIT,
+            std::ptr::null_mut(),
+        )
+    };
+    if r >= 0 {
+        return Ok(r as usize);
+    }
+    let e = io::Error::last_os_error();
+    match e.kind() {
+        io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted => Ok(0),
+        _ => Err(e),
     }
 }
 
