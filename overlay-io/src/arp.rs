@@ -179,19 +179,55 @@ impl ArpCache {
         }
     }
 
-    /// Hand every held packet whose address is now resolved to `send(mac, frame)`, and
-    /// free its buffer.
-    pub fn release(&mut self, mut send: impl FnMut(Mac, &mut PacketBuf)) {
+    /// Hand every held packet whose address is now resolved to `send(ip, mac, frame)`,
+    /// which returns whether it took the packet; a taken packet's buffer is freed, one not
+    /// taken (the caller's output queue is full) stays held for the next call.
+    pub fn release(&mut self, mut send: impl FnMut(Ipv4Addr, Mac, &mut PacketBuf) -> bool) {
         for slot in 0..self.held.len() {
             let Some(ip) = self.held_for[slot] else {
                 continue;
             };
-            if let Some(State::Reachable { mac, .. }) = self.entries.get(&ip) {
-                send(*mac, &mut self.held[slot]);
+            if let Some(State::Reachable { mac, .. }) = self.entries.get(&ip)
+                && send(ip, *mac, &mut self.held[slot])
+            {
                 self.held_for[slot] = None;
                 self.free.push(slot);
             }
         }
+    }
+
+    /// Whether a held packet waits for an address that is now resolved.
+    pub fn has_releasable(&self) -> bool {
+        self.held_for
+            .iter()
+            .flatten()
+            .any(|ip| matches!(self.entries.get(ip), Some(State::Reachable { .. })))
+    }
+
+    /// The earliest time [`ArpCache::poll`] has work for: a retry or giving up.
+    pub fn next_retry(&self) -> Option<Instant> {
+        self.entries
+            .values()
+            .filter_map(|st| match st {
+                State::Incomplete { next, .. } => Some(*next),
+                State::Reachable { .. } => None,
+            })
+            .min()
+    }
+
+    /// Resolved entries (for the admin endpoint).
+    pub fn entries(&self) -> impl Iterator<Item = (Ipv4Addr, Mac)> + '_ {
+        self.entries.iter().filter_map(|(ip, st)| match st {
+            State::Reachable { mac, .. } => Some((*ip, *mac)),
+            State::Incomplete { .. } => None,
+        })
+    }
+
+    /// Replace the limits (reload). Held packets and entries are kept; a lowered
+    /// `max_entries` stops new entries until the table shrinks by ageing.
+    pub fn set_config(&mut self, cfg: ArpConfig) {
+        let max_held = self.cfg.max_held;
+        self.cfg = ArpConfig { max_held, ..cfg };
     }
 
     /// Run timers: retry requests that are due (`request(ip)` sends one), give up on
@@ -361,7 +397,10 @@ mod tests {
         assert_eq!(c.held(), 2);
         assert!(c.learn(A, MAC_A, true, t0));
         let mut out = Vec::new();
-        c.release(|mac, b| out.push((mac, b.bytes().to_vec())));
+        c.release(|_, mac, b| {
+            out.push((mac, b.bytes().to_vec()));
+            true
+        });
         out.sort();
         assert_eq!(
             out,

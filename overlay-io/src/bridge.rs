@@ -148,6 +148,55 @@ impl Bridge {
         Verdict::Flood(set)
     }
 
+    /// Learn a frame's source MAC on its port without forwarding it: a frame to the
+    /// domain's routed interface (IRB) still teaches where its sender is.
+    #[inline]
+    pub fn learn(&mut self, pkt: &PacketBuf, now: Instant) {
+        let Some(di) = self.domain_of(pkt.port) else {
+            return;
+        };
+        let Some(src) = pkt.src_mac() else {
+            return;
+        };
+        if crate::is_group_mac(&src) {
+            return;
+        }
+        let d = &mut self.domains[di];
+        count_learn(
+            d.fdb.learn(src, pkt.port, now),
+            &self.counters.bridges[d.slot],
+        );
+    }
+
+    /// The domain a port belongs to.
+    #[inline]
+    pub fn domain_of(&self, port: PortId) -> Option<usize> {
+        self.port_domain[usize::from(port.0) % MAX_PORTS].map(usize::from)
+    }
+
+    /// The ports of a domain.
+    pub fn domain_ports(&self, domain: usize) -> PortSet {
+        self.domains.get(domain).map_or(PortSet::EMPTY, |d| d.ports)
+    }
+
+    /// Where a frame that the domain's routed interface (IRB) sends to `dst` goes: the
+    /// port `dst` was learned on, else every port of the domain.
+    #[inline]
+    pub fn egress(&self, domain: usize, dst: &crate::Mac) -> Verdict {
+        let Some(d) = self.domains.get(domain) else {
+            return Verdict::Drop(DropReason::NoDestination);
+        };
+        if !crate::is_group_mac(dst)
+            && let Some(out) = d.fdb.lookup(dst)
+        {
+            return Verdict::Forward(out);
+        }
+        if d.ports.is_empty() {
+            return Verdict::Drop(DropReason::NoDestination);
+        }
+        Verdict::Flood(d.ports)
+    }
+
     /// The table of a domain (admin endpoint, tests).
     pub fn fdb(&self, name: &str) -> Option<&Fdb<PortId>> {
         self.domains.iter().find(|d| d.name == name).map(|d| &d.fdb)

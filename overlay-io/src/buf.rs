@@ -94,6 +94,13 @@ impl PacketBuf {
         self.data[HEADROOM..HEADROOM + n].copy_from_slice(&bytes[..n]);
     }
 
+    /// Keep only the first `len` bytes (drop Ethernet padding after an IP packet).
+    pub fn truncate(&mut self, len: usize) {
+        if len < self.len() {
+            self.end = self.start + len;
+        }
+    }
+
     /// Copy another buffer's packet and metadata into this one.
     pub fn copy_from(&mut self, other: &PacketBuf) {
         self.fill(other.bytes());

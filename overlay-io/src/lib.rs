@@ -15,6 +15,11 @@
 //! - [`icmp`]: ICMP errors and echo replies of a router (RFC 792, RFC 1812 §4.3).
 //! - [`ipv4`]: IPv4 forwarding helpers for routed functions: header checks (RFC 1812),
 //!   TTL decrement with incremental checksum (RFC 1624), ICMP rate limiting.
+//! - [`fib`]: routes over the LPM: connected, ECMP gateways, blackhole/unreachable/prohibit.
+//! - [`l3`]: routed interfaces on ports or bridge domains (IRB), shared neighbour state,
+//!   ARP answers, ICMP echo and errors in place, and the routed metrics.
+//! - [`rewrite`]: flow keys of IPv4 packets and in-place address/port rewriting with
+//!   incremental checksums, for NAT and load balancing.
 //! - [`lpm`]: IPv4 longest-prefix match, an immutable DIR-16-8-8 table swapped whole on reload.
 //! - [`nat`]: sans-IO NAT state for routed functions: masquerade pools, port forwards,
 //!   floating addresses with hairpin, per-protocol session timeouts and per-tenant caps.
@@ -32,13 +37,16 @@ pub mod buf;
 pub mod daemon;
 pub mod datapath;
 pub mod fdb;
+pub mod fib;
 pub mod icmp;
 pub mod io;
 pub mod ipv4;
+pub mod l3;
 pub mod lpm;
 pub mod metrics;
 pub mod nat;
 pub mod pipeline;
+pub mod rewrite;
 pub mod vni;
 pub mod vtep;
 pub mod wire;

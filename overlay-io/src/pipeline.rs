@@ -128,11 +128,35 @@ pub enum DropReason {
     ArpQueueFull,
     /// The neighbour table is full.
     ArpTableFull,
+    /// No route to the destination, or a route of action `unreachable`.
+    NoRoute,
+    /// A route of action `blackhole`: dropped without an answer.
+    Blackhole,
+    /// A route of action `prohibit`: dropped, answered with ICMP administratively prohibited.
+    Prohibited,
+    /// The TTL ran out (RFC 1812 §5.3.1): answered with ICMP time exceeded.
+    TtlExceeded,
+    /// A frame on a routed interface for a MAC address that is not the interface's.
+    NotForUs,
+    /// A packet to one of the function's own addresses that it does not serve (anything
+    /// but ICMP echo and NAT).
+    LocalUnhandled,
+    /// Source NAT found no free port in its pool.
+    NatPoolExhausted,
+    /// The tenant's NAT session cap is reached.
+    NatCapReached,
+    /// The NAT session table is full.
+    NatTableFull,
+    /// A new NAT session would take a key another session holds.
+    NatConflict,
+    /// A packet that needs NAT but cannot be translated: a non-first fragment, or a
+    /// protocol other than TCP, UDP and ICMP.
+    NatUntranslatable,
 }
 
 impl DropReason {
     /// Every reason, in label order.
-    pub const ALL: [DropReason; 19] = [
+    pub const ALL: [DropReason; 30] = [
         DropReason::VxlanMalformed,
         DropReason::VxlanBadFlags,
         DropReason::VniNotJoined,
@@ -152,6 +176,17 @@ impl DropReason {
         DropReason::ArpTimeout,
         DropReason::ArpQueueFull,
         DropReason::ArpTableFull,
+        DropReason::NoRoute,
+        DropReason::Blackhole,
+        DropReason::Prohibited,
+        DropReason::TtlExceeded,
+        DropReason::NotForUs,
+        DropReason::LocalUnhandled,
+        DropReason::NatPoolExhausted,
+        DropReason::NatCapReached,
+        DropReason::NatTableFull,
+        DropReason::NatConflict,
+        DropReason::NatUntranslatable,
     ];
 
     /// The metric label value.
@@ -176,6 +211,17 @@ impl DropReason {
             DropReason::ArpTimeout => "arp_timeout",
             DropReason::ArpQueueFull => "arp_queue_full",
             DropReason::ArpTableFull => "arp_table_full",
+            DropReason::NoRoute => "no_route",
+            DropReason::Blackhole => "blackhole",
+            DropReason::Prohibited => "prohibited",
+            DropReason::TtlExceeded => "ttl_exceeded",
+            DropReason::NotForUs => "not_for_us",
+            DropReason::LocalUnhandled => "local_unhandled",
+            DropReason::NatPoolExhausted => "nat_pool_exhausted",
+            DropReason::NatCapReached => "nat_cap_reached",
+            DropReason::NatTableFull => "nat_table_full",
+            DropReason::NatConflict => "nat_conflict",
+            DropReason::NatUntranslatable => "nat_untranslatable",
         }
     }
 
@@ -196,6 +242,9 @@ pub enum Verdict {
     Reply,
     /// Drop, counted under a reason.
     Drop(DropReason),
+    /// The function kept a copy to send later (a packet waiting for an ARP answer, or
+    /// sent as fragments through [`NetworkFunction::poll_transmit`]): not a drop.
+    Consumed,
 }
 
 /// Frames a network function originates rather than forwards: ARP requests, packets

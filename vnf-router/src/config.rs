@@ -27,6 +27,9 @@ use overlay_io::bridge::{DEFAULT_MAX_MACS, DomainConfig};
 use overlay_io::daemon::ConfigError;
 use overlay_io::datapath::config::{self as dpc, DatapathConfig, RawPort, RawUnderlay};
 
+use crate::l3config::{self, Context, RawRouted, Routed};
+pub use crate::l3config::{RawArp, RawIcmp, RawInterface, RawNat, RawRoute};
+
 fn default_workers() -> usize {
     1
 }
@@ -47,6 +50,21 @@ pub struct RawConfig {
     /// Bridge domains: sets of ports bridged together.
     #[serde(default)]
     pub bridges: Vec<RawBridge>,
+    /// Routed interfaces on ports or bridge domains.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub interfaces: Vec<RawInterface>,
+    /// Static routes (connected routes come from `interfaces`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub routes: Vec<RawRoute>,
+    /// Network address translation.
+    #[serde(default)]
+    pub nat: RawNat,
+    /// Neighbour cache limits.
+    #[serde(default)]
+    pub arp: RawArp,
+    /// ICMP error rate limit.
+    #[serde(default)]
+    pub icmp: RawIcmp,
     /// Datapath worker threads (default 1).
     #[serde(default = "default_workers")]
     pub workers: usize,
@@ -61,6 +79,11 @@ impl Default for RawConfig {
             underlay: RawUnderlay::default(),
             ports: Vec::new(),
             bridges: Vec::new(),
+            interfaces: Vec::new(),
+            routes: Vec::new(),
+            nat: RawNat::default(),
+            arp: RawArp::default(),
+            icmp: RawIcmp::default(),
             workers: default_workers(),
             batch_size: default_batch(),
         }
@@ -93,6 +116,8 @@ pub struct RouterConfig {
     pub datapath: Arc<DatapathConfig>,
     /// Bridge domains over the ports.
     pub bridges: Vec<DomainConfig>,
+    /// Interfaces, routes, NAT.
+    pub routed: Routed,
 }
 
 /// Check and type a raw config; every problem at once.
@@ -183,10 +208,41 @@ pub fn compile(raw: &RawConfig) -> Result<RouterConfig, Vec<ConfigError>> {
             slot: 0,
         });
     }
-    match dp {
-        Some(dp) if errors.is_empty() => Ok(RouterConfig {
+    let bridged: BTreeMap<String, usize> = member_of
+        .iter()
+        .map(|(p, b)| ((*p).to_owned(), *b))
+        .collect();
+    let bridge_names: BTreeMap<String, (usize, Vec<String>)> = raw
+        .bridges
+        .iter()
+        .enumerate()
+        .map(|(i, b)| (b.name.clone(), (i, b.ports.clone())))
+        .collect();
+    let cx = Context {
+        dp: dp.as_ref(),
+        bridged: &bridged,
+        bridges: &bridge_names,
+        identity: raw
+            .underlay
+            .address
+            .map_or_else(|| "vnf-router".to_owned(), |a| a.to_string()),
+    };
+    let routed = l3config::compile(
+        &RawRouted {
+            interfaces: &raw.interfaces,
+            routes: &raw.routes,
+            nat: &raw.nat,
+            arp: &raw.arp,
+            icmp: &raw.icmp,
+        },
+        &cx,
+        &mut errors,
+    );
+    match (dp, routed) {
+        (Some(dp), Some(routed)) if errors.is_empty() => Ok(RouterConfig {
             datapath: Arc::new(dp),
             bridges,
+            routed,
         }),
         _ => Err(errors),
     }

@@ -1,81 +1,63 @@
 //! `vnf-router`: the tenant's virtual router.
 //!
-//! Today it is the VXLAN L2 gateway of the background article's scheme (1): bridge domains
-//! that join a VXLAN segment to a VLAN on a trunk (connecting the overlay to a traditional
-//! VLAN network), to an untagged interface, or to another VNI. Routing, ARP, ICMP and NAT
-//! come to the same binary later.
+//! It joins VXLAN segments, VLANs of a trunk and plain interfaces, and
 //!
-//! - [`config`]: the YAML config (`underlay`, `ports`, `bridges`, tuning) and its checks.
-//! - [`Router`]: the network function, a set of [`overlay_io::bridge`] domains.
+//! - bridges them in bridge domains: the VXLAN L2 gateway of the background article's
+//!   scheme (1) (VNI <-> VLAN, VNI <-> VNI);
+//! - routes IPv4 between routed interfaces on ports or on bridge domains (IRB): connected,
+//!   static, ECMP and refusing routes over a longest-prefix-match table, ARP, ICMP echo and
+//!   errors (time exceeded, unreachable, fragmentation needed);
+//! - translates addresses: masquerade from pools, port forwards, 1:1 floating addresses
+//!   with hairpin.
+//!
+//! - [`config`]: the YAML config and its checks; [`l3config`] its routed sections.
+//! - [`router`]: the network function.
 //! - [`RouterApp`]: the daemon glue ([`overlay_io::daemon::VnfApp`]).
 
 pub mod config;
+pub mod l3config;
+pub mod router;
 
 use std::sync::Arc;
-use std::time::Instant;
 
-use overlay_io::bridge::{self, Bridge, DomainConfig};
-use overlay_io::buf::PacketBuf;
+use overlay_io::bridge;
 use overlay_io::daemon::{ConfigError, VnfApp};
 use overlay_io::datapath::Datapath;
 use overlay_io::io::mem::MemNet;
-use overlay_io::metrics::{DatapathCollector, MetricsHub, WorkerCounters};
-use overlay_io::pipeline::{NetworkFunction, PortId, Verdict};
+use overlay_io::l3::{L3Collector, L3Hub};
+use overlay_io::metrics::{DatapathCollector, MetricsHub};
 
 pub use config::{RawConfig, RouterConfig};
+pub use router::{NfConfig, Router, Shared};
 
-/// The router's network function.
-#[derive(Debug)]
-pub struct Router {
-    bridge: Bridge,
+/// The function's config with counter slots given: bridge domains and interfaces get
+/// theirs by name, kept across reloads.
+fn nf_config(cfg: &RouterConfig, hub: &MetricsHub, l3hub: &L3Hub) -> Result<Arc<NfConfig>, String> {
+    let mut bridges = cfg.bridges.clone();
+    bridge::resolve_slots(&mut bridges, hub).map_err(|e| e.to_string())?;
+    let mut l3 = cfg.routed.l3.clone();
+    for i in &mut l3.interfaces {
+        i.slot = l3hub.iface_slot(&i.name).map_err(|e| e.to_string())?;
+    }
+    Ok(Arc::new(NfConfig {
+        bridges,
+        l3,
+        nat: cfg.routed.nat.clone(),
+    }))
 }
 
 impl Router {
-    /// A router for one worker.
-    pub fn new(bridges: &Arc<Vec<DomainConfig>>, counters: Arc<WorkerCounters>) -> Router {
-        Router {
-            bridge: Bridge::new(bridges, counters),
-        }
-    }
-
-    /// The L2 gateway's bridge domains.
-    pub fn bridge(&self) -> &Bridge {
-        &self.bridge
-    }
-
     /// The whole router datapath on the in-memory backend, for tests and fuzzing: the same
-    /// engine the sockets drive, with its own metrics hub and a simulated clock.
+    /// engine the sockets drive, with its own metrics hubs and a simulated clock.
     pub fn in_memory(config: &RouterConfig) -> Result<MemNet<Router>, String> {
         let hub = Arc::new(MetricsHub::default());
-        let bridges = with_slots(config, &hub)?;
-        MemNet::new(hub, (*config.datapath).clone(), &bridges, |b, c| {
-            Router::new(b, c)
+        let l3hub = Arc::new(L3Hub::default());
+        let nf = nf_config(config, &hub, &l3hub)?;
+        let shared = Shared::new(&nf, l3hub);
+        MemNet::new(hub, (*config.datapath).clone(), &nf, |c, w| {
+            Router::new(c, shared, w)
         })
         .map_err(|e| e.to_string())
-    }
-}
-
-impl NetworkFunction for Router {
-    type Config = Vec<DomainConfig>;
-
-    fn reconfigure(
-        &mut self,
-        config: &Arc<Vec<DomainConfig>>,
-        remap: &dyn Fn(PortId) -> Option<PortId>,
-    ) {
-        self.bridge.reconfigure(config, remap);
-    }
-
-    fn process(&mut self, pkts: &mut [PacketBuf], verdicts: &mut [Verdict], now: Instant) {
-        self.bridge.process(pkts, verdicts, now);
-    }
-
-    fn poll_timeout(&self) -> Option<Instant> {
-        self.bridge.poll_timeout()
-    }
-
-    fn handle_timeout(&mut self, now: Instant) {
-        self.bridge.handle_timeout(now);
     }
 }
 
@@ -83,6 +65,7 @@ impl NetworkFunction for Router {
 #[derive(Debug)]
 pub struct RouterApp {
     datapath: Datapath<Router>,
+    l3hub: Arc<L3Hub>,
 }
 
 impl RouterApp {
@@ -92,15 +75,9 @@ impl RouterApp {
     }
 }
 
-fn with_slots(cfg: &RouterConfig, hub: &MetricsHub) -> Result<Arc<Vec<DomainConfig>>, String> {
-    let mut b = cfg.bridges.clone();
-    bridge::resolve_slots(&mut b, hub).map_err(|e| e.to_string())?;
-    Ok(Arc::new(b))
-}
-
 impl VnfApp for RouterApp {
     const NAME: &'static str = "vnf-router";
-    const ABOUT: &'static str = "The tenant's virtual router: a VXLAN L2 gateway bridging VNIs to VLANs, interfaces and other VNIs";
+    const ABOUT: &'static str = "The tenant's virtual router: VXLAN L2 gateway (VNI <-> VLAN/VNI bridge domains), IPv4 routing with ARP and ICMP, and NAT";
     type Raw = RawConfig;
     type Config = RouterConfig;
 
@@ -110,12 +87,17 @@ impl VnfApp for RouterApp {
 
     fn start(config: Arc<RouterConfig>, registry: &prometheus::Registry) -> Result<Self, String> {
         let hub = Arc::new(MetricsHub::default());
-        let bridges = with_slots(&config, &hub)?;
+        let l3hub = Arc::new(L3Hub::default());
+        let nf = nf_config(&config, &hub, &l3hub)?;
         registry
             .register(Box::new(DatapathCollector::new(hub.clone())))
             .map_err(|e| format!("registering metrics: {e}"))?;
-        let datapath = Datapath::start(config.datapath.clone(), bridges, hub, |b, c| {
-            Router::new(b, c)
+        registry
+            .register(Box::new(L3Collector::new(l3hub.clone())))
+            .map_err(|e| format!("registering metrics: {e}"))?;
+        let shared = Shared::new(&nf, l3hub.clone());
+        let datapath = Datapath::start(config.datapath.clone(), nf, hub, move |c, w| {
+            Router::new(c, shared.clone(), w)
         })
         .map_err(|e| e.to_string())?;
         if let Some(u) = &config.datapath.underlay {
@@ -125,13 +107,22 @@ impl VnfApp for RouterApp {
                 "VTEP up"
             );
         }
-        Ok(RouterApp { datapath })
+        for i in &config.routed.l3.interfaces {
+            tracing::info!(
+                interface = %i.name,
+                mac = %overlay_io::fmt_mac(&i.mac),
+                addresses = ?i.addrs.iter().map(ToString::to_string).collect::<Vec<_>>(),
+                mtu = i.mtu,
+                "interface up"
+            );
+        }
+        Ok(RouterApp { datapath, l3hub })
     }
 
     fn reload(&self, config: Arc<RouterConfig>) -> Result<(), String> {
-        let bridges = with_slots(&config, self.datapath.hub())?;
+        let nf = nf_config(&config, self.datapath.hub(), &self.l3hub)?;
         self.datapath
-            .reload(config.datapath.clone(), bridges)
+            .reload(config.datapath.clone(), nf)
             .map_err(|e| e.to_string())
     }
 

@@ -378,6 +378,7 @@ impl<NF: NetworkFunction> Engine<NF> {
                     }
                     Verdict::Flood(set) => self.flood(rx, i, set),
                     Verdict::Drop(r) => self.counters.count_drop(r),
+                    Verdict::Consumed => {}
                 }
             }
         }
