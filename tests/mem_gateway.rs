@@ -2,10 +2,8 @@
 //! tagging, bridge domains, flooding) with injected packets and a simulated clock.
 
 use std::net::{IpAddr, Ipv4Addr};
-use std::sync::Arc;
 use std::time::Duration;
 
-use overlay_io::bridge;
 use overlay_io::io::mem::{MemNet, Sent};
 use overlay_io::pipeline::DropReason;
 use vnf_router::{Router, RouterConfig, config};
@@ -231,10 +229,7 @@ fn reload_keeps_learned_state_and_applies_new_flood_lists() {
     n.vxlan_in(ip("198.18.0.4"), &vxlan(0x08, 200, &learn));
     let yaml = CONFIG.replace("flood: [198.18.0.2, 198.18.0.3]", "flood: [198.18.0.9]");
     let cfg = compile(&yaml);
-    let mut b = cfg.bridges.clone();
-    bridge::resolve_slots(&mut b, n.hub()).expect("slots");
-    n.reload((*cfg.datapath).clone(), &Arc::new(b))
-        .expect("reload");
+    Router::reload_in_memory(&mut n, &cfg).expect("reload");
     // Still unicast to the learned VTEP on both levels (VTEP FDB and bridge table).
     let f = udp_frame(mac(1), mac(2), h(1), h(2), 1, 1, b"");
     let out = n.vxlan_in(ip("198.18.0.9"), &vxlan(0x08, 100, &f));

@@ -426,8 +426,7 @@ fn reload_keeps_nat_sessions_and_arp() {
     let o = out(&n.vxlan_in(vtep(2), &vxlan(0x08, 100, &p)));
     let port = port_at(&o[0].2, 0);
     let cfg = compile(&config(&format!("{NAT}\nicmp: {{rate: 5}}\n")));
-    n.reload((*cfg.datapath).clone(), &nf(&cfg))
-        .expect("reload");
+    Router::reload_in_memory(&mut n, &cfg).expect("reload");
     let r = udp_frame(mac(1), R_EXT, NET, POOL, 80, port, b"a");
     let o = out(&n.vxlan_in(vtep(4), &vxlan(0x08, 300, &r)));
     assert_eq!(o.len(), 1, "session and ARP entry survived: {o:?}");
@@ -436,21 +435,12 @@ fn reload_keeps_nat_sessions_and_arp() {
     let cfg = compile(&config(
         "routes:\n  - {prefix: 0.0.0.0/0, via: [192.0.2.1]}\n",
     ));
-    n.reload((*cfg.datapath).clone(), &nf(&cfg))
-        .expect("reload");
+    Router::reload_in_memory(&mut n, &cfg).expect("reload");
     let o = out(&n.vxlan_in(vtep(4), &vxlan(0x08, 300, &r)));
     assert!(
         o.iter().all(|x| x.1 != 100),
         "nothing reaches A any more: {o:?}"
     );
-}
-
-fn nf(cfg: &RouterConfig) -> std::sync::Arc<vnf_router::NfConfig> {
-    std::sync::Arc::new(vnf_router::NfConfig {
-        bridges: cfg.bridges.clone(),
-        l3: cfg.routed.l3.clone(),
-        nat: cfg.routed.nat.clone(),
-    })
 }
 
 #[test]

@@ -32,7 +32,11 @@ pub use router::{NfConfig, Router, Shared};
 
 /// The function's config with counter slots given: bridge domains and interfaces get
 /// theirs by name, kept across reloads.
-fn nf_config(cfg: &RouterConfig, hub: &MetricsHub, l3hub: &L3Hub) -> Result<Arc<NfConfig>, String> {
+pub fn nf_config(
+    cfg: &RouterConfig,
+    hub: &MetricsHub,
+    l3hub: &L3Hub,
+) -> Result<Arc<NfConfig>, String> {
     let mut bridges = cfg.bridges.clone();
     bridge::resolve_slots(&mut bridges, hub).map_err(|e| e.to_string())?;
     let mut l3 = cfg.routed.l3.clone();
@@ -47,6 +51,14 @@ fn nf_config(cfg: &RouterConfig, hub: &MetricsHub, l3hub: &L3Hub) -> Result<Arc<
 }
 
 impl Router {
+    /// Reload an in-memory router (see [`Router::in_memory`]) with a new config.
+    pub fn reload_in_memory(net: &mut MemNet<Router>, config: &RouterConfig) -> Result<(), String> {
+        let l3hub = net.engine().nf().shared().hub.clone();
+        let nf = nf_config(config, net.hub(), &l3hub)?;
+        net.reload((*config.datapath).clone(), &nf)
+            .map_err(|e| e.to_string())
+    }
+
     /// The whole router datapath on the in-memory backend, for tests and fuzzing: the same
     /// engine the sockets drive, with its own metrics hubs and a simulated clock.
     pub fn in_memory(config: &RouterConfig) -> Result<MemNet<Router>, String> {
