@@ -496,3 +496,29 @@ interfaces:
     assert_eq!(&o[0].2[0..6], &mac(5));
     assert_eq!(ip_of(&o[0].2)[8], 63);
 }
+
+#[test]
+fn fragments_packets_without_df_that_exceed_the_egress_mtu() {
+    let mut n = net(&config(""));
+    warm(&mut n);
+    let p = udp_sized(mac(5), R_WEB, A, B, 64, 3000, false);
+    let o = out(&n.vxlan_in(vtep(2), &vxlan(0x08, 100, &p)));
+    assert_eq!(o.len(), 3, "{} fragments", o.len());
+    let mut data = Vec::new();
+    for (i, (to, vni, f)) in o.iter().enumerate() {
+        assert_eq!((*to, *vni), (vtep(3), 200));
+        let ip = ip_of(f);
+        assert!(ip.len() <= 1400, "fits the 1400-byte interface");
+        assert_eq!(checksum(&ip[..20]), 0);
+        assert_eq!(ip[8], 63, "TTL decremented in every fragment");
+        let ff = u16::from_be_bytes([ip[6], ip[7]]);
+        assert_eq!(usize::from(ff & 0x1fff) * 8, data.len(), "offsets follow");
+        assert_eq!(
+            ff & 0x2000 != 0,
+            i < 2,
+            "more fragments on all but the last"
+        );
+        data.extend_from_slice(&ip[20..]);
+    }
+    assert_eq!(data, &p[34..], "the fragments carry the whole datagram");
+}

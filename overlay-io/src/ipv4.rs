@@ -113,6 +113,80 @@ pub fn decrement_ttl(ip: &mut [u8]) -> bool {
 
 pub use crate::wire::checksum::internet as checksum;
 
+/// Split an IPv4 packet (header `hdr`, DF clear) into fragments of at most `mtu` bytes
+/// (RFC 791 §3.2, RFC 1812 §5.2.6) and hand each, a whole IPv4 packet, to `emit`. The first
+/// fragment keeps every option; later ones only the options with the copied flag. Offsets
+/// add to the packet's own (a fragment may be fragmented again) and the last fragment keeps
+/// the packet's More Fragments flag. Returns the number of fragments, or 0 (nothing
+/// emitted) if `mtu` cannot carry the header and 8 bytes of data.
+pub fn fragment(ip: &[u8], hdr: &Header, mtu: usize, mut emit: impl FnMut(&[u8])) -> usize {
+    let hl = hdr.header_len;
+    let Some(packet) = ip.get(..hdr.total_len) else {
+        return 0;
+    };
+    let payload = &packet[hl..];
+    // Options copied into later fragments (RFC 791: "copied flag" is the option type's top bit).
+    let mut later_hdr = [0u8; 60];
+    later_hdr[..MIN_HEADER_LEN].copy_from_slice(&packet[..MIN_HEADER_LEN]);
+    let mut later_len = MIN_HEADER_LEN;
+    let opts = &packet[MIN_HEADER_LEN..hl];
+    let mut i = 0;
+    while i < opts.len() {
+        match opts[i] {
+            0 => break,
+            1 => i += 1,
+            t => {
+                let len = usize::from(opts.get(i + 1).copied().unwrap_or(0));
+                if len < 2 || i + len > opts.len() {
+                    break;
+                }
+                if t & 0x80 != 0 {
+                    later_hdr[later_len..later_len + len].copy_from_slice(&opts[i..i + len]);
+                    later_len += len;
+                }
+                i += len;
+            }
+        }
+    }
+    // Pad to a multiple of 4 with End of Option List.
+    let later_len = later_len.div_ceil(4) * 4;
+    let base_offset = hdr.fragment_offset;
+    let ff = u16::from_be_bytes([packet[6], packet[7]]);
+    let more = ff & FLAG_MF != 0;
+    let mut out = [0u8; crate::buf::MAX_FRAME];
+    let mut pos = 0;
+    let mut n = 0;
+    while pos < payload.len() {
+        let h = if pos == 0 { hl } else { later_len };
+        if mtu < h + 8 {
+            return 0;
+        }
+        let room = (mtu - h) & !7;
+        let take = room.min(payload.len() - pos);
+        let last = pos + take == payload.len();
+        let header = if pos == 0 {
+            &packet[..hl]
+        } else {
+            &later_hdr[..later_len]
+        };
+        out[..h].copy_from_slice(header);
+        out[0] = 0x40 | (h / 4) as u8;
+        let total = (h + take) as u16;
+        out[2..4].copy_from_slice(&total.to_be_bytes());
+        let off = ((base_offset + pos) / 8) as u16 & 0x1fff;
+        let flags = if !last || more { FLAG_MF } else { 0 };
+        out[6..8].copy_from_slice(&(flags | off).to_be_bytes());
+        out[10..12].fill(0);
+        let c = checksum(&out[..h]);
+        out[10..12].copy_from_slice(&c.to_be_bytes());
+        out[h..h + take].copy_from_slice(&payload[pos..pos + take]);
+        emit(&out[..h + take]);
+        pos += take;
+        n += 1;
+    }
+    n
+}
+
 /// A token bucket: `rate` events per second on average, bursts of up to `burst`.
 #[derive(Debug, Clone)]
 pub struct TokenBucket {
@@ -270,5 +344,56 @@ mod tests {
             3,
             "never more than the burst"
         );
+    }
+
+    #[test]
+    fn fragments_reassemble_and_respect_the_mtu() {
+        let mut p = vec![0u8; 24 + 3000];
+        p[0] = 0x46; // one option word
+        let n = p.len() as u16;
+        p[2..4].copy_from_slice(&n.to_be_bytes());
+        p[8] = 64;
+        p[9] = 17;
+        p[12..16].copy_from_slice(&[10, 0, 1, 5]);
+        p[16..20].copy_from_slice(&[10, 0, 2, 5]);
+        p[20..24].copy_from_slice(&[0x07, 3, 4, 0]); // record route: not copied
+        for (i, b) in p[24..].iter_mut().enumerate() {
+            *b = i as u8;
+        }
+        let c = checksum(&p[..24]);
+        p[10..12].copy_from_slice(&c.to_be_bytes());
+        let hdr = parse(&p).unwrap();
+        let mut frags = Vec::new();
+        let n = fragment(&p, &hdr, 1400, |f| frags.push(f.to_vec()));
+        assert_eq!(n, 3);
+        let mut data = Vec::new();
+        for (i, f) in frags.iter().enumerate() {
+            let h = parse(f).expect("valid fragment header");
+            assert!(f.len() <= 1400);
+            assert_eq!(h.fragment_offset, data.len());
+            assert_eq!(
+                h.header_len,
+                if i == 0 { 24 } else { 20 },
+                "option not copied"
+            );
+            let mf = u16::from_be_bytes([f[6], f[7]]) & FLAG_MF != 0;
+            assert_eq!(mf, i < 2);
+            data.extend_from_slice(&f[h.header_len..]);
+        }
+        assert_eq!(data, &p[24..]);
+        assert_eq!(
+            fragment(&p, &hdr, 30, |_| {}),
+            0,
+            "MTU too small for header + 8"
+        );
+        // A copied option (type 0x83) goes into every fragment.
+        p[20] = 0x83;
+        p[10..12].fill(0);
+        let c = checksum(&p[..24]);
+        p[10..12].copy_from_slice(&c.to_be_bytes());
+        let hdr = parse(&p).unwrap();
+        let mut lens = Vec::new();
+        fragment(&p, &hdr, 1400, |f| lens.push(parse(f).unwrap().header_len));
+        assert_eq!(lens, vec![24, 24, 24]);
     }
 }

@@ -493,6 +493,8 @@ pub struct Neighbours {
     pub requests: Vec<Ipv4Addr>,
     /// Gratuitous announcements to send: (interface, address).
     pub announce: Vec<(usize, Ipv4Addr)>,
+    /// An ARP answer made held packets sendable ([`ArpCache::release`] has work).
+    pub releasable: bool,
     icmp_rate: (u32, u32),
 }
 
@@ -504,6 +506,7 @@ impl Neighbours {
             icmp: TokenBucket::new(cfg.icmp_rate.0, cfg.icmp_rate.1),
             requests: Vec::new(),
             announce: Vec::new(),
+            releasable: false,
             icmp_rate: cfg.icmp_rate,
         };
         n.announce_new(None, cfg);
@@ -513,6 +516,11 @@ impl Neighbours {
     /// Shared state for a config, behind its mutex.
     pub fn shared(cfg: &L3Config) -> Arc<Mutex<Neighbours>> {
         Arc::new(Mutex::new(Neighbours::new(cfg)))
+    }
+
+    /// Whether frames wait to be sent: announcements, requests or released packets.
+    pub fn has_work(&self) -> bool {
+        self.releasable || !self.requests.is_empty() || !self.announce.is_empty()
     }
 
     /// Apply a reload: new limits, and announce addresses that `old` did not have.
@@ -592,8 +600,8 @@ pub fn arp_input(
     let for_us = cfg.answers_arp(iface, arp.tpa);
     let on_subnet = ifc.addrs.iter().any(|n| n.contains(arp.spa));
     // Never learn one of our own addresses from the wire (ARP spoofing of the gateway).
-    if on_subnet && !cfg.is_local(arp.spa) {
-        nb.arp.learn(arp.spa, arp.sha, for_us, now);
+    if on_subnet && !cfg.is_local(arp.spa) && nb.arp.learn(arp.spa, arp.sha, for_us, now) {
+        nb.releasable = true;
     }
     match arp.op {
         OP_REQUEST if for_us && arp.spa != arp.tpa => {

@@ -22,6 +22,7 @@
 //! ARP request and its reply, may arrive on different workers.
 
 use std::net::Ipv4Addr;
+use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
@@ -76,6 +77,8 @@ pub struct State {
 #[derive(Debug)]
 pub struct Shared {
     state: Mutex<State>,
+    /// Whether the state has frames to send, so that `poll_transmit` can skip the lock.
+    pending: AtomicBool,
     /// Routed metrics.
     pub hub: Arc<L3Hub>,
 }
@@ -91,6 +94,7 @@ impl Shared {
                 nat_refused: 0,
                 nat_logged: None,
             }),
+            pending: AtomicBool::new(true),
             hub,
         })
     }
@@ -110,7 +114,16 @@ pub struct Router {
     counters: Arc<L3Counters>,
     drops: Arc<WorkerCounters>,
     next_tick: Option<Instant>,
+    /// Buffers for fragments, allocated once; the first `frag_ready.len()` hold fragments
+    /// ready to send out of (interface, toward MAC).
+    frag_bufs: Vec<PacketBuf>,
+    frag_ready: Vec<(usize, overlay_io::Mac)>,
+    /// A buffer for frames the router builds (ARP).
+    scratch: PacketBuf,
 }
+
+/// Fragments one worker can have waiting for `poll_transmit`.
+const FRAG_BUFS: usize = 64;
 
 /// A NAT rewrite decided before routing or after it.
 #[derive(Debug, Clone, Copy)]
@@ -162,6 +175,33 @@ fn ecmp_hash(flow: &Flow, hdr: &Header) -> u32 {
     (h ^ (h >> 31)) as u32
 }
 
+/// Where a frame for `mac` leaves interface `iface`: its port, or for an IRB interface the
+/// port `mac` was learned on in the domain (every port when unknown or broadcast).
+fn egress(bridge: &Bridge, l3c: &L3Config, iface: usize, mac: &overlay_io::Mac) -> Verdict {
+    match l3c.interfaces.get(iface).map(|i| i.attach) {
+        Some(Attach::Port(p)) => Verdict::Forward(p),
+        Some(Attach::Bridge(d)) => bridge.egress(d, mac),
+        None => Verdict::Drop(DropReason::NoDestination),
+    }
+}
+
+/// Queue a frame the router originates out of interface `iface` toward `mac`; `false`
+/// when the transmit queue is full.
+fn send(
+    bridge: &Bridge,
+    l3c: &L3Config,
+    tx: &mut Transmit,
+    iface: usize,
+    mac: &overlay_io::Mac,
+    frame: &[u8],
+) -> bool {
+    match egress(bridge, l3c, iface, mac) {
+        Verdict::Forward(p) => tx.send(p, frame),
+        Verdict::Flood(set) => set.iter().all(|p| tx.send(p, frame)),
+        _ => true,
+    }
+}
+
 impl Router {
     /// A router worker.
     pub fn new(cfg: &Arc<NfConfig>, shared: Arc<Shared>, drops: Arc<WorkerCounters>) -> Router {
@@ -173,6 +213,9 @@ impl Router {
             counters,
             drops,
             next_tick: None,
+            frag_bufs: (0..FRAG_BUFS).map(|_| PacketBuf::new()).collect(),
+            frag_ready: Vec::with_capacity(FRAG_BUFS),
+            scratch: PacketBuf::new(),
         }
     }
 
@@ -188,11 +231,7 @@ impl Router {
 
     /// Where a frame for `mac` leaves interface `iface`.
     fn egress(&self, iface: usize, mac: &overlay_io::Mac) -> Verdict {
-        match self.cfg.l3.interfaces.get(iface).map(|i| i.attach) {
-            Some(Attach::Port(p)) => Verdict::Forward(p),
-            Some(Attach::Bridge(d)) => self.bridge.egress(d, mac),
-            None => Verdict::Drop(DropReason::NoDestination),
-        }
+        egress(&self.bridge, &self.cfg.l3, iface, mac)
     }
 
     /// Decide one frame.
@@ -436,12 +475,19 @@ impl Router {
             );
         }
         let mtu = l3c.interfaces[out].mtu as usize;
-        if hdr.total_len > mtu {
-            // RFC 1191: with DF, say the next-hop MTU; the packet as received is quoted.
-            let err = hdr.dont_fragment.then_some(IcmpError::FragNeeded {
+        if hdr.total_len > mtu && hdr.dont_fragment {
+            // RFC 1191: say the next-hop MTU; the packet as received is quoted.
+            let err = IcmpError::FragNeeded {
                 mtu: u16::try_from(mtu).unwrap_or(u16::MAX),
-            });
-            return self.refuse(st, iface, (err, DropReason::MtuExceeded), hdr, pkt, now);
+            };
+            return self.refuse(
+                st,
+                iface,
+                (Some(err), DropReason::MtuExceeded),
+                hdr,
+                pkt,
+                now,
+            );
         }
 
         // Source NAT of a new flow leaving by a rule's interface.
@@ -509,6 +555,9 @@ impl Router {
         let c = &self.counters.ifaces[out_ifc.slot];
         c.fwd_packets.inc();
         c.fwd_bytes.add(hdr.total_len as u64);
+        if hdr.total_len > mtu {
+            return self.fragment(st, out, next_hop, pkt, hdr, mtu, now);
+        }
         match st.nb.arp.resolve(next_hop, pkt.bytes(), now) {
             Resolution::Known(mac) => {
                 pkt.bytes_mut()[0..6].copy_from_slice(&mac);
@@ -523,20 +572,66 @@ impl Router {
         }
     }
 
-    /// Queue a frame out of interface `iface` toward `mac` (every port of an IRB domain
-    /// when `mac` is unknown or broadcast). `false` when the queue is full.
-    fn send(&self, tx: &mut Transmit, iface: usize, mac: &overlay_io::Mac, frame: &[u8]) -> bool {
-        match self.egress(iface, mac) {
-            Verdict::Forward(p) => tx.send(p, frame),
-            Verdict::Flood(set) => {
-                let mut ok = true;
-                for p in set.iter() {
-                    ok &= tx.send(p, frame);
-                }
-                ok
-            }
-            _ => true,
+    /// Send a packet too big for the egress MTU (DF clear) as fragments (RFC 1812 §5.2.6):
+    /// each is resolved like a packet, and the ready ones go out with `poll_transmit`.
+    #[allow(clippy::too_many_arguments)]
+    fn fragment(
+        &mut self,
+        st: &mut State,
+        out: usize,
+        next_hop: Ipv4Addr,
+        pkt: &PacketBuf,
+        hdr: &Header,
+        mtu: usize,
+        now: Instant,
+    ) -> Verdict {
+        // Enough buffers for the worst case (60-byte headers in every fragment)?
+        let per = mtu.saturating_sub(60) & !7;
+        if per == 0 {
+            return Verdict::Drop(DropReason::MtuExceeded);
         }
+        let needed = hdr.total_len.div_ceil(per) + 1;
+        if self.frag_bufs.len() - self.frag_ready.len() < needed {
+            return Verdict::Drop(DropReason::NoBuffer);
+        }
+        let mut eth = [0u8; ETH_HEADER_LEN];
+        eth.copy_from_slice(&pkt.bytes()[..ETH_HEADER_LEN]);
+        let bufs = &mut self.frag_bufs;
+        let ready = &mut self.frag_ready;
+        let mut requested = false;
+        let mut dropped = None;
+        let mut frame = [0u8; overlay_io::buf::MAX_FRAME];
+        ipv4::fragment(&pkt.bytes()[ETH_HEADER_LEN..], hdr, mtu, |frag| {
+            let len = ETH_HEADER_LEN + frag.len();
+            frame[..ETH_HEADER_LEN].copy_from_slice(&eth);
+            frame[ETH_HEADER_LEN..len].copy_from_slice(frag);
+            match st.nb.arp.resolve(next_hop, &frame[..len], now) {
+                Resolution::Known(mac) => {
+                    frame[0..6].copy_from_slice(&mac);
+                    let b = &mut bufs[ready.len()];
+                    b.fill(&frame[..len]);
+                    ready.push((out, mac));
+                }
+                Resolution::HeldSendRequest => requested = true,
+                Resolution::Held => {}
+                Resolution::Dropped(r) => dropped = Some(r),
+            }
+        });
+        if requested {
+            st.nb.requests.push(next_hop);
+        }
+        match dropped {
+            Some(r) => {
+                self.drops.count_drop(r);
+                Verdict::Consumed
+            }
+            None => Verdict::Consumed,
+        }
+    }
+
+    /// Queue a frame out of interface `iface` toward `mac`: see [`send`].
+    fn send(&self, tx: &mut Transmit, iface: usize, mac: &overlay_io::Mac, frame: &[u8]) -> bool {
+        send(&self.bridge, &self.cfg.l3, tx, iface, mac, frame)
     }
 
     fn tick(&mut self, now: Instant) {
@@ -546,6 +641,9 @@ impl Router {
         let dropped = st.nb.arp.poll(now, |ip| st.nb.requests.push(ip));
         for _ in 0..dropped {
             self.drops.count_drop(DropReason::ArpTimeout);
+        }
+        if st.nb.has_work() {
+            shared.pending.store(true, Relaxed);
         }
         let budget = st.nat.config().expire_budget;
         while st.nat.expire(now) >= budget {}
@@ -608,6 +706,9 @@ impl NetworkFunction for Router {
         for (p, v) in pkts.iter_mut().zip(verdicts.iter_mut()) {
             *v = self.one(&cfg, &mut st, p, now);
         }
+        if st.nb.has_work() {
+            shared.pending.store(true, Relaxed);
+        }
     }
 
     fn poll_timeout(&self) -> Option<Instant> {
@@ -628,14 +729,37 @@ impl NetworkFunction for Router {
     }
 
     fn poll_transmit(&mut self, tx: &mut Transmit) {
+        let mut sent = 0;
+        for (i, &(iface, mac)) in self.frag_ready.iter().enumerate() {
+            if !self.send(tx, iface, &mac, self.frag_bufs[i].bytes()) {
+                break;
+            }
+            sent += 1;
+        }
+        if sent > 0 {
+            // Keep the unsent ones at the front, in order.
+            self.frag_ready.drain(..sent);
+            self.frag_bufs[..].rotate_left(sent);
+        }
+        if !self.shared.pending.load(Relaxed) {
+            return;
+        }
         let shared = self.shared.clone();
         let mut guard = shared.lock();
         let st = &mut *guard;
+        self.drain_neighbours(st, tx);
+        shared.pending.store(st.nb.has_work(), Relaxed);
+    }
+}
+
+impl Router {
+    /// Send what the neighbour state queued: announcements, requests, released packets.
+    fn drain_neighbours(&mut self, st: &mut State, tx: &mut Transmit) {
         let l3c = &self.cfg.l3;
-        let mut buf = PacketBuf::new();
+        let buf = &mut self.scratch;
         while let Some(&(iface, addr)) = st.nb.announce.last() {
-            if !l3::arp_announce(l3c, iface, addr, &mut buf)
-                || self.send(tx, iface, &l3::BROADCAST, buf.bytes())
+            if !l3::arp_announce(l3c, iface, addr, buf)
+                || send(&self.bridge, l3c, tx, iface, &l3::BROADCAST, buf.bytes())
             {
                 if l3c.interfaces.get(iface).is_some() {
                     self.counters.arp_gratuitous.inc();
@@ -646,22 +770,24 @@ impl NetworkFunction for Router {
             }
         }
         while let Some(&ip) = st.nb.requests.last() {
-            if let Some(iface) = l3::arp_request(l3c, ip, &mut buf) {
-                if !self.send(tx, iface, &l3::BROADCAST, buf.bytes()) {
+            if let Some(iface) = l3::arp_request(l3c, ip, buf) {
+                if !send(&self.bridge, l3c, tx, iface, &l3::BROADCAST, buf.bytes()) {
                     return;
                 }
                 self.counters.arp_requests.inc();
             }
             st.nb.requests.pop();
         }
-        if st.nb.arp.has_releasable() {
+        if st.nb.releasable {
+            let bridge = &self.bridge;
             st.nb.arp.release(|ip, mac, held| {
                 let Some(iface) = l3c.connected(ip) else {
                     return true;
                 };
                 held.bytes_mut()[0..6].copy_from_slice(&mac);
-                self.send(tx, iface, &mac, held.bytes())
+                send(bridge, l3c, tx, iface, &mac, held.bytes())
             });
+            st.nb.releasable = st.nb.arp.has_releasable();
         }
     }
 }
