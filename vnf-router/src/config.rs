@@ -284,4 +284,79 @@ mod tests {
             "{errs:?}"
         );
     }
+
+    #[test]
+    fn shipped_examples_compile() {
+        for (name, yaml) in [
+            ("router-gateway", include_str!("../../examples/router-gateway.yaml")),
+            ("router-vni-bridge", include_str!("../../examples/router-vni-bridge.yaml")),
+            ("router-l3", include_str!("../../examples/router-l3.yaml")),
+        ] {
+            if let Err(e) = compile(&parse(yaml)) {
+                panic!("examples/{name}.yaml: {e:?}");
+            }
+        }
+        let c = compile(&parse(include_str!("../../examples/router-l3.yaml"))).unwrap();
+        assert_eq!(c.routed.l3.interfaces.len(), 3);
+        assert_eq!(c.routed.l3.interfaces[0].mtu, 1500, "the port's MTU");
+        assert_eq!(c.routed.l3.interfaces[1].mtu, 1450);
+        assert!(c.routed.nat.is_active());
+        assert_eq!(c.routed.l3.proxy_arp.len(), 2, "pool and floating address on ext");
+    }
+
+    #[test]
+    fn routed_errors_are_all_reported_with_paths() {
+        let raw = parse(
+            r#"
+underlay: {address: 198.18.0.1}
+ports:
+  - {name: a, vni: 1}
+  - {name: b, vni: 2}
+  - {name: c, vni: 3}
+  - {name: d, vni: 4}
+bridges:
+  - {name: br, ports: [c, d]}
+interfaces:
+  - {name: x, port: a, addresses: [10.0.1.1/24]}
+  - {name: x, port: a, addresses: [10.0.1.0/24, 10.0.1.9/25, nonsense]}
+  - {name: y, port: c, addresses: [10.0.3.1/24]}
+  - {name: z, port: b, bridge: br, addresses: []}
+  - {name: w, bridge: br, mac: "01:00:5e:00:00:01", addresses: [10.0.4.1/24], mtu: 9000}
+routes:
+  - {prefix: 0.0.0.0/0, via: [192.0.2.1]}
+  - {prefix: 10.9.0.0/16, action: drop}
+  - {prefix: 10.0.1.0/24, via: [10.0.1.2]}
+  - {prefix: 10.8.0.0/16, via: [10.0.1.2], action: blackhole}
+nat:
+  pools: [{name: p, addresses: [192.0.2.10], ports: 100-50}]
+  masquerade: [{sources: [10.0.0.0/8], interface: nope}]
+  port_forwards: [{protocol: sctp, address: 192.0.2.10, port: 80, to: 10.0.1.5}]
+"#,
+        );
+        let errs = compile(&raw).expect_err("invalid");
+        let paths: Vec<&str> = errs.iter().map(|e| e.path.as_str()).collect();
+        assert_eq!(
+            paths,
+            vec![
+                "interfaces[1].name",
+                "interfaces[1].port",
+                "interfaces[1].addresses[0]",
+                "interfaces[1].addresses[1]",
+                "interfaces[1].addresses[2]",
+                "interfaces[2].port",
+                "interfaces[3]",
+                "interfaces[3].addresses",
+                "interfaces[4].mac",
+                "interfaces[4].mtu",
+                "routes[0].via[0]",
+                "routes[1].action",
+                "routes[2].prefix",
+                "routes[3]",
+                "nat.pools[0].ports",
+                "nat.masquerade[0].interface",
+                "nat.port_forwards[0].protocol",
+            ],
+            "{errs:#?}"
+        );
+    }
 }
