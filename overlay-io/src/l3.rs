@@ -252,13 +252,25 @@ pub struct L3Gauges {
     pub nat_tenant_sessions: Mutex<Vec<(String, u64)>>,
 }
 
+/// Fills [`L3Gauges`] from the function's state when metrics are gathered.
+pub type GaugeRefresh = Box<dyn Fn(&L3Gauges) + Send + Sync>;
+
 /// Routed counters of every worker, interface labels and gauges.
-#[derive(Debug, Default)]
+#[derive(Default)]
 pub struct L3Hub {
     workers: Mutex<Vec<Arc<L3Counters>>>,
     names: Mutex<Vec<String>>,
     /// Function-wide gauges.
     pub gauges: L3Gauges,
+    refresh: Mutex<Option<GaugeRefresh>>,
+}
+
+impl std::fmt::Debug for L3Hub {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("L3Hub")
+            .field("gauges", &self.gauges)
+            .finish_non_exhaustive()
+    }
 }
 
 impl L3Hub {
@@ -288,8 +300,17 @@ impl L3Hub {
         Ok(n.len() - 1)
     }
 
+    /// Have `f` set the gauges from the function's state at every scrape, so that they are
+    /// never stale (the function also sets them from its timer).
+    pub fn set_refresh(&self, f: GaugeRefresh) {
+        *self.refresh.lock().unwrap_or_else(PoisonError::into_inner) = Some(f);
+    }
+
     /// Every routed metric family.
     pub fn gather(&self) -> prometheus::Result<Vec<MetricFamily>> {
+        if let Some(f) = &*self.refresh.lock().unwrap_or_else(PoisonError::into_inner) {
+            f(&self.gauges);
+        }
         let workers = self
             .workers
             .lock()

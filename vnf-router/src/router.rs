@@ -84,9 +84,9 @@ pub struct Shared {
 }
 
 impl Shared {
-    /// State for a first config.
+    /// State for a first config; the hub's gauges are refreshed from it at every scrape.
     pub fn new(cfg: &Arc<NfConfig>, hub: Arc<L3Hub>) -> Arc<Shared> {
-        Arc::new(Shared {
+        let shared = Arc::new(Shared {
             state: Mutex::new(State {
                 nb: Neighbours::new(&cfg.l3),
                 nat: NatTable::new(cfg.nat.table),
@@ -96,7 +96,16 @@ impl Shared {
             }),
             pending: AtomicBool::new(true),
             hub,
-        })
+        });
+        let weak = Arc::downgrade(&shared);
+        shared.hub.set_refresh(Box::new(move |g| {
+            if let Some(sh) = weak.upgrade() {
+                let st = sh.lock();
+                let cfg = st.applied.clone();
+                set_gauges(g, &st, &cfg);
+            }
+        }));
+        shared
     }
 
     /// The state, locked.
@@ -647,38 +656,37 @@ impl Router {
         }
         let budget = st.nat.config().expire_budget;
         while st.nat.expire(now) >= budget {}
-        let g = &shared.hub.gauges;
-        g.arp_entries.set(st.nb.arp.len() as u64);
-        g.arp_held.set(st.nb.arp.held() as u64);
-        let stats = st.nat.stats();
-        g.nat_sessions.set(stats.sessions as u64);
-        g.nat_mappings.set(stats.mappings as u64);
-        g.nat_expired.set(stats.expired);
-        let pools: Vec<(String, u64)> = self
-            .cfg
-            .nat
-            .pools()
-            .into_iter()
-            .map(|(n, p)| {
-                let used = st.nat.ports_in_use(&p) as u64;
-                (n, used)
-            })
-            .collect();
-        *g.nat_pool_ports
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner) = pools;
-        let tenants: Vec<(String, u64)> = self
-            .cfg
-            .nat
-            .tenants
-            .iter()
-            .enumerate()
-            .map(|(i, n)| (n.clone(), st.nat.tenant_sessions(i as u32) as u64))
-            .collect();
-        *g.nat_tenant_sessions
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner) = tenants;
+        set_gauges(&shared.hub.gauges, st, &self.cfg);
     }
+}
+
+/// Set the routed gauges from the shared state.
+fn set_gauges(g: &overlay_io::l3::L3Gauges, st: &State, cfg: &NfConfig) {
+    g.arp_entries.set(st.nb.arp.len() as u64);
+    g.arp_held.set(st.nb.arp.held() as u64);
+    let stats = st.nat.stats();
+    g.nat_sessions.set(stats.sessions as u64);
+    g.nat_mappings.set(stats.mappings as u64);
+    g.nat_expired.set(stats.expired);
+    let pools: Vec<(String, u64)> = cfg
+        .nat
+        .pools()
+        .into_iter()
+        .map(|(n, p)| (n, st.nat.ports_in_use(&p) as u64))
+        .collect();
+    *g.nat_pool_ports
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner) = pools;
+    let tenants: Vec<(String, u64)> = cfg
+        .nat
+        .tenants
+        .iter()
+        .enumerate()
+        .map(|(i, n)| (n.clone(), st.nat.tenant_sessions(i as u32) as u64))
+        .collect();
+    *g.nat_tenant_sessions
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner) = tenants;
 }
 
 impl NetworkFunction for Router {
