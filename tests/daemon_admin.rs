@@ -462,6 +462,69 @@ fn sigterm_stops_cleanly() {
     );
 }
 
+/// The running router's own timer: with routed interfaces and no bridge domain (nothing
+/// else wakes the worker), ARP is retried once a second and gives up after three requests,
+/// dropping what waited as `arp_timeout`. No root: VXLAN on loopback.
+#[test]
+fn routed_timers_run_without_a_bridge() {
+    let _g = serial();
+    let dir = workdir("routed-timers");
+    let udp_port = free_udp_port();
+    let admin: SocketAddr = (Ipv4Addr::LOCALHOST, free_tcp_port()).into();
+    // Not 127.0.0.1: VXLAN claiming the router's own address is refused.
+    let peer = UdpSocket::bind("127.0.0.2:0").expect("peer socket");
+    let config = dir.join("router.yaml");
+    std::fs::write(
+        &config,
+        [
+            format!("underlay: {{address: 127.0.0.1, port: {udp_port}, source_ports: 1}}"),
+            "ports: [{name: a, vni: 100}, {name: b, vni: 200, flood: [127.0.0.3]}]".into(),
+            "interfaces:".into(),
+            "  - {name: a, port: a, mac: \"02:00:00:00:01:01\", addresses: [10.0.1.1/24]}".into(),
+            "  - {name: b, port: b, addresses: [10.0.2.1/24]}".into(),
+        ]
+        .join("\n"),
+    )
+    .expect("write config");
+    let log = dir.join("router.log");
+    let mut router = spawn_router(&config, admin, &log);
+    wait_ready(admin, &mut router, &log);
+    // Three packets for 10.0.2.77, which never answers ARP.
+    let frame = vnf_tests::udp_frame(
+        vnf_tests::mac(5),
+        [2, 0, 0, 0, 1, 1],
+        Ipv4Addr::new(10, 0, 1, 5),
+        Ipv4Addr::new(10, 0, 2, 77),
+        1000,
+        9,
+        b"anyone?",
+    );
+    for _ in 0..3 {
+        peer.send_to(
+            &vnf_tests::vxlan(0x08, 100, &frame),
+            (Ipv4Addr::LOCALHOST, udp_port),
+        )
+        .expect("send");
+    }
+    let mut last = String::new();
+    let gave_up = wait_for(Duration::from_secs(10), || {
+        last = http(admin, "GET", "/metrics")
+            .map(|r| r.body)
+            .unwrap_or_default();
+        metric(&last, "vnf_drops_total{reason=\"arp_timeout\"}") == Some(3.0)
+    });
+    router.signal(libc::SIGTERM);
+    router.wait_timeout(Duration::from_secs(2));
+    assert!(gave_up, "held packets never timed out:\n{last}");
+    assert_eq!(
+        metric(&last, "vnf_arp_requests_sent_total"),
+        Some(3.0),
+        "{last}"
+    );
+    assert_eq!(metric(&last, "vnf_arp_held_packets"), Some(0.0), "{last}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 // ---------------------------------------------------------------------------------------
 // Reload under traffic
 // ---------------------------------------------------------------------------------------

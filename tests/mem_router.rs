@@ -522,3 +522,41 @@ fn fragments_packets_without_df_that_exceed_the_egress_mtu() {
     }
     assert_eq!(data, &p[34..], "the fragments carry the whole datagram");
 }
+
+#[test]
+fn timers_run_without_a_bridge_arp_gives_up_and_nat_sessions_expire() {
+    // A routed-only config: the router's own timer must drive ARP retries and NAT expiry.
+    let mut n = net(&config(NAT));
+    warm(&mut n);
+    let gone = Ipv4Addr::new(10, 0, 2, 77);
+    for sport in [1u16, 2] {
+        let p = udp_frame(mac(5), R_WEB, A, gone, sport, 9, b"?");
+        n.vxlan_in(vtep(2), &vxlan(0x08, 100, &p));
+    }
+    let mut requests = 0;
+    for _ in 0..5 {
+        requests += out(&n.advance(Duration::from_secs(1)))
+            .iter()
+            .filter(|(_, vni, f)| *vni == 200 && f[12..14] == [8, 6] && f[38..42] == gone.octets())
+            .count();
+    }
+    assert_eq!(requests, 2, "retried once a second, three requests in all");
+    assert_eq!(
+        n.hub().drops(DropReason::ArpTimeout),
+        2,
+        "both held packets dropped"
+    );
+    // A UDP session through NAT expires after its timeout (300 s) and its port is freed.
+    let p = udp_frame(mac(5), R_WEB, A, NET, 4000, 80, b"q");
+    let o = out(&n.vxlan_in(vtep(2), &vxlan(0x08, 100, &p)));
+    let port = port_at(&o[0].2, 0);
+    for _ in 0..305 {
+        n.advance(Duration::from_secs(1));
+    }
+    let r = udp_frame(mac(1), R_EXT, NET, POOL, 80, port, b"late");
+    let o = out(&n.vxlan_in(vtep(4), &vxlan(0x08, 300, &r)));
+    assert!(
+        o.iter().all(|x| x.1 != 100),
+        "the expired session no longer translates: {o:?}"
+    );
+}

@@ -676,3 +676,104 @@ pub fn ping_summary(out: &str) -> Option<(u32, u32)> {
     let received: u32 = nums.next()?.parse().ok()?;
     Some((sent - received.min(sent), sent))
 }
+
+/// A private Open vSwitch with the userspace datapath: `ovsdb-server` in the root namespace
+/// (a unix socket in `dir`, no network), `ovs-vswitchd` inside the switch namespace, which
+/// opens its system ports with `AF_PACKET` there (`datapath_type=netdev`: no kernel module
+/// needed). Every `OVS_*` path points into `dir`; both daemons are stopped by pidfile on
+/// drop, whatever happened. Used by `tests/ovs_vlan.rs` and `tests/netns_router.rs`.
+#[derive(Debug)]
+pub struct Ovs {
+    dir: PathBuf,
+}
+
+impl Ovs {
+    /// `OVS_*` variables pointing every OVS path at the instance's directory.
+    pub fn env(&self) -> String {
+        let d = self.dir.display();
+        format!("OVS_RUNDIR={d} OVS_LOGDIR={d} OVS_DBDIR={d} OVS_SYSCONFDIR={d}")
+    }
+
+    fn db(&self) -> String {
+        format!("unix:{}/db.sock", self.dir.display())
+    }
+
+    /// Start both daemons, with their files in `dir`; `ovs-vswitchd` inside `ns`.
+    pub fn start(dir: &Path, ns: &Netns) -> Ovs {
+        std::fs::create_dir_all(dir).expect("OVS dir");
+        // The guard exists before any daemon does, so a failure below still stops them.
+        let ovs = Ovs {
+            dir: dir.to_path_buf(),
+        };
+        let d = dir.display();
+        let env = ovs.env();
+        run(&format!(
+            "{env} ovsdb-tool create {d}/conf.db /usr/share/openvswitch/vswitch.ovsschema"
+        ));
+        run(&format!(
+            "{env} ovsdb-server --detach --no-chdir --pidfile={d}/ovsdb-server.pid \
+             --remote=punix:{d}/db.sock --log-file={d}/ovsdb-server.log {d}/conf.db"
+        ));
+        ovs.vsctl("--no-wait init");
+        run(&format!(
+            "{}env {env} ovs-vswitchd --detach --no-chdir --pidfile={d}/ovs-vswitchd.pid \
+             --log-file={d}/ovs-vswitchd.log {}",
+            ns.exec(),
+            ovs.db()
+        ));
+        ovs
+    }
+
+    /// Run `ovs-vsctl` against this instance (waiting for `ovs-vswitchd` to apply changes,
+    /// unless `--no-wait` is given).
+    pub fn vsctl(&self, args: &str) -> String {
+        run(&format!(
+            "{} ovs-vsctl --db={} --timeout=15 {args}",
+            self.env(),
+            self.db()
+        ))
+    }
+
+    /// `ovs-vswitchd`'s log so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.join("ovs-vswitchd.log")).unwrap_or_default()
+    }
+
+    /// Stop the daemon whose pidfile is `name`: SIGTERM, then SIGKILL after 3 s.
+    fn stop(&self, name: &str) {
+        let Ok(text) = std::fs::read_to_string(self.dir.join(name)) else {
+            return;
+        };
+        let Ok(pid) = text.trim().parse::<i32>() else {
+            return;
+        };
+        if pid <= 1 {
+            return;
+        }
+        let alive = || {
+            // A zombie (already exited, not yet reaped by init) counts as gone.
+            std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| {
+                s.rsplit_once(')')
+                    .is_some_and(|(_, r)| !r.trim_start().starts_with('Z'))
+            })
+        };
+        // SAFETY: kill has no memory preconditions; the pid is the daemon's own, from the
+        // pidfile it wrote in our private directory.
+        unsafe {
+            libc::kill(pid, libc::SIGTERM);
+        }
+        if !wait_for(Duration::from_secs(3), || !alive()) {
+            // SAFETY: as above.
+            unsafe {
+                libc::kill(pid, libc::SIGKILL);
+            }
+        }
+    }
+}
+
+impl Drop for Ovs {
+    fn drop(&mut self) {
+        self.stop("ovs-vswitchd.pid");
+        self.stop("ovsdb-server.pid");
+    }
+}

@@ -24,111 +24,13 @@
 //! (`ethtool -K ... tx off` on h1's veth and on hv2's `vx0`). ICMP is always summed in
 //! software, so ping does not depend on it; iperf3's TCP does.
 
-use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use vnf_tests::netns::{
-    Netns, Proc, bin, have_root, have_tool, ping_summary, run, serial, sh, veth, wait_for, workdir,
+    Netns, Ovs, Proc, bin, have_root, have_tool, ping_summary, serial, sh, veth, wait_for, workdir,
 };
 
 const TEST: &str = "vlan_host_behind_ovs_reaches_kernel_vxlan_host";
-
-/// A private Open vSwitch: `ovsdb-server` in the root namespace, `ovs-vswitchd` in the
-/// switch namespace. Both are killed by pidfile on drop, whatever happened.
-#[derive(Debug)]
-struct Ovs {
-    dir: PathBuf,
-}
-
-impl Ovs {
-    /// `OVS_*` variables pointing every OVS path at `dir`.
-    fn env(&self) -> String {
-        let d = self.dir.display();
-        format!("OVS_RUNDIR={d} OVS_LOGDIR={d} OVS_DBDIR={d} OVS_SYSCONFDIR={d}")
-    }
-
-    fn db(&self) -> String {
-        format!("unix:{}/db.sock", self.dir.display())
-    }
-
-    /// Start both daemons; `ovs-vswitchd` inside `ns`.
-    fn start(dir: &Path, ns: &Netns) -> Ovs {
-        std::fs::create_dir_all(dir).expect("OVS dir");
-        // The guard exists before any daemon does, so a failure below still stops them.
-        let ovs = Ovs {
-            dir: dir.to_path_buf(),
-        };
-        let d = dir.display();
-        let env = ovs.env();
-        run(&format!(
-            "{env} ovsdb-tool create {d}/conf.db /usr/share/openvswitch/vswitch.ovsschema"
-        ));
-        run(&format!(
-            "{env} ovsdb-server --detach --no-chdir --pidfile={d}/ovsdb-server.pid \
-             --remote=punix:{d}/db.sock --log-file={d}/ovsdb-server.log {d}/conf.db"
-        ));
-        ovs.vsctl("--no-wait init");
-        run(&format!(
-            "{}env {env} ovs-vswitchd --detach --no-chdir --pidfile={d}/ovs-vswitchd.pid \
-             --log-file={d}/ovs-vswitchd.log {}",
-            ns.exec(),
-            ovs.db()
-        ));
-        ovs
-    }
-
-    /// Run `ovs-vsctl` against this instance (waiting for `ovs-vswitchd` to apply changes,
-    /// unless `--no-wait` is given).
-    fn vsctl(&self, args: &str) -> String {
-        run(&format!(
-            "{} ovs-vsctl --db={} --timeout=15 {args}",
-            self.env(),
-            self.db()
-        ))
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(self.dir.join("ovs-vswitchd.log")).unwrap_or_default()
-    }
-
-    /// Stop the daemon whose pidfile is `name`: SIGTERM, then SIGKILL after 3 s.
-    fn stop(&self, name: &str) {
-        let Ok(text) = std::fs::read_to_string(self.dir.join(name)) else {
-            return;
-        };
-        let Ok(pid) = text.trim().parse::<i32>() else {
-            return;
-        };
-        if pid <= 1 {
-            return;
-        }
-        let alive = || {
-            // A zombie (already exited, not yet reaped by init) counts as gone.
-            std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| {
-                s.rsplit_once(')')
-                    .is_some_and(|(_, r)| !r.trim_start().starts_with('Z'))
-            })
-        };
-        // SAFETY: kill has no memory preconditions; the pid is the daemon's own, from the
-        // pidfile it wrote in our private directory.
-        unsafe {
-            libc::kill(pid, libc::SIGTERM);
-        }
-        if !wait_for(Duration::from_secs(3), || !alive()) {
-            // SAFETY: as above.
-            unsafe {
-                libc::kill(pid, libc::SIGKILL);
-            }
-        }
-    }
-}
-
-impl Drop for Ovs {
-    fn drop(&mut self) {
-        self.stop("ovs-vswitchd.pid");
-        self.stop("ovsdb-server.pid");
-    }
-}
 
 /// `(interface, drops)` of every packet socket in `ns`, from `ss -0 -m` (`skmem:(... dN)`).
 fn packet_socket_drops(ns: &Netns) -> Vec<(String, u64)> {

@@ -129,6 +129,8 @@ pub struct Router {
     frag_ready: Vec<(usize, overlay_io::Mac)>,
     /// A buffer for frames the router builds (ARP).
     scratch: PacketBuf,
+    /// When the worker was made: the first tick is due then.
+    created: Instant,
 }
 
 /// Fragments one worker can have waiting for `poll_transmit`.
@@ -225,6 +227,7 @@ impl Router {
             frag_bufs: (0..FRAG_BUFS).map(|_| PacketBuf::new()).collect(),
             frag_ready: Vec::with_capacity(FRAG_BUFS),
             scratch: PacketBuf::new(),
+            created: Instant::now(),
         }
     }
 
@@ -721,7 +724,9 @@ impl NetworkFunction for Router {
 
     fn poll_timeout(&self) -> Option<Instant> {
         let b = self.bridge.poll_timeout();
-        let t = Some(self.next_tick.unwrap_or_else(Instant::now));
+        // Before the first tick: due at once (`created` is before any `now` the engine
+        // passes; `Instant::now()` here would always be later and never come due).
+        let t = Some(self.next_tick.unwrap_or(self.created));
         match (b, t) {
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),
