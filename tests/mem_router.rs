@@ -560,3 +560,73 @@ fn timers_run_without_a_bridge_arp_gives_up_and_nat_sessions_expire() {
         "the expired session no longer translates: {o:?}"
     );
 }
+
+#[test]
+fn ecmp_spreads_flows_and_keeps_each_on_one_gateway() {
+    let mut n = net(&config(
+        "routes:\n  - {prefix: 0.0.0.0/0, via: [192.0.2.1, 192.0.2.3]}\n",
+    ));
+    warm(&mut n);
+    // The second gateway answers ARP too.
+    let gw2 = Ipv4Addr::new(192, 0, 2, 3);
+    n.vxlan_in(
+        vtep(4),
+        &vxlan(
+            0x08,
+            300,
+            &arp_request(mac(3), gw2, Ipv4Addr::new(192, 0, 2, 2)),
+        ),
+    );
+    let mut by_flow = std::collections::BTreeMap::new();
+    for round in 0..2 {
+        for sport in 1000..1032u16 {
+            let p = udp_frame(mac(5), R_WEB, A, NET, sport, 80, b"e");
+            let o = out(&n.vxlan_in(vtep(2), &vxlan(0x08, 100, &p)));
+            assert_eq!(o.len(), 1, "{o:?}");
+            let gw: [u8; 6] = o[0].2[0..6].try_into().unwrap();
+            let first = *by_flow.entry(sport).or_insert(gw);
+            assert_eq!(first, gw, "flow {sport} changed gateway in round {round}");
+        }
+    }
+    let used: std::collections::BTreeSet<_> = by_flow.values().collect();
+    assert_eq!(used.len(), 2, "32 flows use both gateways");
+}
+
+#[test]
+fn icmp_errors_are_rate_limited_and_the_tenant_cap_holds() {
+    let mut n = net(&config(&format!(
+        "{NAT}\nicmp: {{rate: 1, burst: 2}}\n"
+    ).replace("masquerade: [{sources: [10.0.1.0/24], interface: ext, pool: internet}]",
+        "masquerade: [{sources: [10.0.1.0/24], interface: ext, pool: internet, tenant: blue}]\n  max_sessions_per_tenant: 1")));
+    warm(&mut n);
+    let mut answered = 0;
+    for _ in 0..5 {
+        let p = udp_sized(mac(5), R_WEB, A, B, 1, 100, false);
+        answered += out(&n.vxlan_in(vtep(2), &vxlan(0x08, 100, &p))).len();
+    }
+    assert_eq!(
+        answered, 2,
+        "the burst, then nothing within the same second"
+    );
+    assert_eq!(
+        n.hub().drops(DropReason::TtlExceeded),
+        5,
+        "every one counted"
+    );
+    n.advance(Duration::from_secs(1));
+    let p = udp_sized(mac(5), R_WEB, A, B, 1, 100, false);
+    assert_eq!(
+        out(&n.vxlan_in(vtep(2), &vxlan(0x08, 100, &p))).len(),
+        1,
+        "refilled"
+    );
+    // Tenant `blue` may hold one session.
+    for (sport, expect) in [(7000u16, 1usize), (7001, 0)] {
+        let p = udp_frame(mac(5), R_WEB, A, NET, sport, 80, b"t");
+        assert_eq!(
+            out(&n.vxlan_in(vtep(2), &vxlan(0x08, 100, &p))).len(),
+            expect
+        );
+    }
+    assert_eq!(n.hub().drops(DropReason::NatCapReached), 1);
+}
