@@ -37,7 +37,7 @@ use overlay_io::l3::{
     Neighbours,
 };
 use overlay_io::metrics::WorkerCounters;
-use overlay_io::nat::{Direction, FiveTuple, NatError, NatTable, SessionId, TcpFlags};
+use overlay_io::nat::{Direction, FiveTuple, NatError, NatTable, SessionId, TcpFlags, Translation};
 use overlay_io::pipeline::{DropReason, NetworkFunction, PortId, Transmit, Verdict};
 use overlay_io::rewrite::{self, Flow};
 
@@ -156,6 +156,17 @@ enum Plan {
 }
 
 impl Plan {
+    fn tuple(key: FiveTuple, t: Translation, dir: Direction, tcp_flags: u8) -> Plan {
+        Plan::Tuple {
+            key,
+            src: t.src,
+            dst: t.dst,
+            session: t.session,
+            dir,
+            tcp_flags,
+        }
+    }
+
     fn dst(&self) -> Ipv4Addr {
         match self {
             Plan::Tuple { dst, .. } => dst.addr,
@@ -270,13 +281,8 @@ impl Router {
                 };
                 if dst != l3c.interfaces[i].mac {
                     if overlay_io::is_group_mac(&dst) && pkt.ethertype() == Some(ETHERTYPE_ARP) {
-                        let cx = Ctx {
-                            cfg: l3c,
-                            counters: &self.counters,
-                            now,
-                        };
                         let v = self.bridge.forward(pkt, now);
-                        return match l3::arp_input(cx.cfg, i, pkt, &mut st.nb, cx.counters, now) {
+                        return match l3::arp_input(l3c, i, pkt, &mut st.nb, &self.counters, now) {
                             ArpOutcome::Replied => Verdict::Reply,
                             _ => v,
                         };
@@ -387,14 +393,7 @@ impl Router {
             match flow {
                 Flow::Tuple { key, tcp_flags } => {
                     if let Some((t, dir)) = st.nat.lookup(&key, now) {
-                        plan = Some(Plan::Tuple {
-                            key,
-                            src: t.src,
-                            dst: t.dst,
-                            session: t.session,
-                            dir,
-                            tcp_flags,
-                        });
+                        plan = Some(Plan::tuple(key, t, dir, tcp_flags));
                     } else if let Some((target, tenant)) = nat.inbound(&key) {
                         let r = match nat.hairpin(key.src.addr) {
                             Some((rule, t)) => st.nat.translate_hairpin(t, key, target, rule, now),
@@ -402,14 +401,7 @@ impl Router {
                         };
                         match r {
                             Ok(t) => {
-                                plan = Some(Plan::Tuple {
-                                    key,
-                                    src: t.src,
-                                    dst: t.dst,
-                                    session: t.session,
-                                    dir: Direction::Original,
-                                    tcp_flags,
-                                });
+                                plan = Some(Plan::tuple(key, t, Direction::Original, tcp_flags))
                             }
                             Err(e) => {
                                 self.count_nat_refusal(st, e, &key, now);
@@ -509,14 +501,7 @@ impl Router {
                     if let Some((rule, tenant)) = nat.outbound(key.src.addr, out) {
                         match st.nat.translate_outbound(tenant, key, rule, now) {
                             Ok(t) => {
-                                plan = Some(Plan::Tuple {
-                                    key,
-                                    src: t.src,
-                                    dst: t.dst,
-                                    session: t.session,
-                                    dir: Direction::Original,
-                                    tcp_flags,
-                                });
+                                plan = Some(Plan::tuple(key, t, Direction::Original, tcp_flags))
                             }
                             Err(e) => {
                                 self.count_nat_refusal(st, e, &key, now);
