@@ -288,8 +288,14 @@ mod tests {
     #[test]
     fn shipped_examples_compile() {
         for (name, yaml) in [
-            ("router-gateway", include_str!("../../examples/router-gateway.yaml")),
-            ("router-vni-bridge", include_str!("../../examples/router-vni-bridge.yaml")),
+            (
+                "router-gateway",
+                include_str!("../../examples/router-gateway.yaml"),
+            ),
+            (
+                "router-vni-bridge",
+                include_str!("../../examples/router-vni-bridge.yaml"),
+            ),
             ("router-l3", include_str!("../../examples/router-l3.yaml")),
         ] {
             if let Err(e) = compile(&parse(yaml)) {
@@ -301,7 +307,11 @@ mod tests {
         assert_eq!(c.routed.l3.interfaces[0].mtu, 1500, "the port's MTU");
         assert_eq!(c.routed.l3.interfaces[1].mtu, 1450);
         assert!(c.routed.nat.is_active());
-        assert_eq!(c.routed.l3.proxy_arp.len(), 2, "pool and floating address on ext");
+        assert_eq!(
+            c.routed.l3.proxy_arp.len(),
+            2,
+            "pool and floating address on ext"
+        );
     }
 
     #[test]
