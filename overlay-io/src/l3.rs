@@ -707,6 +707,74 @@ pub fn echo_in_place(pkt: &mut PacketBuf, counters: &L3Counters) -> bool {
     true
 }
 
+/// Turn a TCP segment into the RST that refuses it (RFC 9293 §3.10.7.1), in place, to go
+/// back out of the port it came from: addresses, ports and MACs swapped, so it comes from
+/// the host the segment was for (as `nftables`' `reject with tcp reset` does). If the
+/// segment carried an ACK, the RST's sequence number is that ACK; otherwise the RST
+/// acknowledges the segment (SEQ 0, ACK = SEG.SEQ + SEG.LEN, SYN and FIN counting one).
+/// `false` (nothing changed) for anything but a complete first-fragment TCP segment
+/// without RST (a RST is never answered).
+pub fn tcp_reset_in_place(hdr: &Header, pkt: &mut PacketBuf) -> bool {
+    const TCP: u8 = 6;
+    let f = pkt.bytes();
+    if hdr.protocol != TCP || hdr.fragment || f.len() < ETH_HEADER_LEN + hdr.total_len {
+        return false;
+    }
+    let ip = &f[ETH_HEADER_LEN..ETH_HEADER_LEN + hdr.total_len];
+    let Some(tcp) = ip.get(hdr.header_len..) else {
+        return false;
+    };
+    if tcp.len() < 20 {
+        return false;
+    }
+    let data_off = usize::from(tcp[12] >> 4) * 4;
+    let flags = tcp[13];
+    if flags & 0x04 != 0 || data_off < 20 || data_off > tcp.len() {
+        return false;
+    }
+    let be32 = |b: &[u8]| u32::from_be_bytes([b[0], b[1], b[2], b[3]]);
+    let seq = be32(&tcp[4..8]);
+    let ack = be32(&tcp[8..12]);
+    let seg_len =
+        (tcp.len() - data_off) as u32 + u32::from(flags & 0x02 != 0) + u32::from(flags & 0x01 != 0);
+    let (rst_seq, rst_ack, rst_flags) = if flags & 0x10 != 0 {
+        (ack, 0, 0x04)
+    } else {
+        (0, seq.wrapping_add(seg_len), 0x14)
+    };
+    let mut out = [0u8; ETH_HEADER_LEN + 40];
+    out[0..6].copy_from_slice(&f[6..12]);
+    out[6..12].copy_from_slice(&f[0..6]);
+    out[12..14].copy_from_slice(&ETHERTYPE_IPV4.to_be_bytes());
+    let o = &mut out[ETH_HEADER_LEN..];
+    o[0] = 0x45;
+    o[2..4].copy_from_slice(&40u16.to_be_bytes());
+    o[6] = 0x40; // DF
+    o[8] = 64;
+    o[9] = TCP;
+    o[12..16].copy_from_slice(&hdr.dst.octets());
+    o[16..20].copy_from_slice(&hdr.src.octets());
+    let c = crate::ipv4::checksum(&o[..20]);
+    o[10..12].copy_from_slice(&c.to_be_bytes());
+    let t = &mut o[20..];
+    t[0..2].copy_from_slice(&tcp[2..4]);
+    t[2..4].copy_from_slice(&tcp[0..2]);
+    t[4..8].copy_from_slice(&rst_seq.to_be_bytes());
+    t[8..12].copy_from_slice(&rst_ack.to_be_bytes());
+    t[12] = 0x50;
+    t[13] = rst_flags;
+    let mut pseudo = [0u8; 12 + 20];
+    pseudo[0..4].copy_from_slice(&hdr.dst.octets());
+    pseudo[4..8].copy_from_slice(&hdr.src.octets());
+    pseudo[9] = TCP;
+    pseudo[10..12].copy_from_slice(&20u16.to_be_bytes());
+    pseudo[12..].copy_from_slice(t);
+    let c = crate::ipv4::checksum(&pseudo);
+    t[16..18].copy_from_slice(&c.to_be_bytes());
+    pkt.fill(&out);
+    true
+}
+
 /// The ARP request frame for `target` from interface `iface`.
 pub fn arp_request(cfg: &L3Config, target: Ipv4Addr, buf: &mut PacketBuf) -> Option<usize> {
     let iface = cfg.connected(target)?;

@@ -18,9 +18,12 @@
 //! - [`fib`]: routes over the LPM: connected, ECMP gateways, blackhole/unreachable/prohibit.
 //! - [`l3`]: routed interfaces on ports or bridge domains (IRB), shared neighbour state,
 //!   ARP answers, ICMP echo and errors in place, and the routed metrics.
+//! - [`routed`]: the routed network function (bridging, IRB, IPv4 forwarding, ARP, ICMP,
+//!   fragmentation) with a hook for each function's own decisions (NAT, filtering).
 //! - [`rewrite`]: flow keys of IPv4 packets and in-place address/port rewriting with
 //!   incremental checksums, for NAT and load balancing.
 //! - [`lpm`]: IPv4 longest-prefix match, an immutable DIR-16-8-8 table swapped whole on reload.
+//! - [`conntrack`]: connection tracking: TCP states and windows, related ICMP, zone caps, early drop.
 //! - [`nat`]: sans-IO NAT state for routed functions: masquerade pools, port forwards,
 //!   floating addresses with hairpin, per-protocol session timeouts and per-tenant caps.
 //! - [`pipeline`]: the sans-IO [`NetworkFunction`](pipeline::NetworkFunction) trait, ports,
@@ -34,6 +37,7 @@
 pub mod arp;
 pub mod bridge;
 pub mod buf;
+pub mod conntrack;
 pub mod daemon;
 pub mod datapath;
 pub mod fdb;
@@ -47,6 +51,7 @@ pub mod metrics;
 pub mod nat;
 pub mod pipeline;
 pub mod rewrite;
+pub mod routed;
 pub mod vni;
 pub mod vtep;
 pub mod wire;

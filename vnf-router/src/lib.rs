@@ -46,7 +46,7 @@ pub fn nf_config(
     Ok(Arc::new(NfConfig {
         bridges,
         l3,
-        nat: cfg.routed.nat.clone(),
+        ext: cfg.routed.nat.clone(),
     }))
 }
 
