@@ -4,3 +4,6 @@
 //! connection tracking and the daemon on top of `overlay-io` (the transparent mode reuses
 //! `overlay_io::bridge`). This crate holds no code until then, so that nothing half-made
 //! ships under its name.
+
+pub mod classifier;
+pub mod policy;
