@@ -18,6 +18,8 @@
 //! - [`fib`]: routes over the LPM: connected, ECMP gateways, blackhole/unreachable/prohibit.
 //! - [`l3`]: routed interfaces on ports or bridge domains (IRB), shared neighbour state,
 //!   ARP answers, ICMP echo and errors in place, and the routed metrics.
+//! - [`l3config`]: the config sections of routed functions (bridges, interfaces, routes,
+//!   NAT, ARP, ICMP) and their checks.
 //! - [`routed`]: the routed network function (bridging, IRB, IPv4 forwarding, ARP, ICMP,
 //!   fragmentation) with a hook for each function's own decisions (NAT, filtering).
 //! - [`rewrite`]: flow keys of IPv4 packets and in-place address/port rewriting with
@@ -46,6 +48,7 @@ pub mod icmp;
 pub mod io;
 pub mod ipv4;
 pub mod l3;
+pub mod l3config;
 pub mod lpm;
 pub mod metrics;
 pub mod nat;

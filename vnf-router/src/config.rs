@@ -17,18 +17,13 @@
 //!
 //! The full reference is `docs/router.md`.
 
-use std::collections::BTreeMap;
-use std::sync::Arc;
-use std::time::Duration;
-
 use serde::{Deserialize, Serialize};
 
-use overlay_io::bridge::{DEFAULT_MAX_MACS, DomainConfig};
 use overlay_io::daemon::ConfigError;
-use overlay_io::datapath::config::{self as dpc, DatapathConfig, RawPort, RawUnderlay};
+use overlay_io::datapath::config::{RawPort, RawUnderlay};
 
-use crate::l3config::{self, Context, RawRouted, Routed};
-pub use crate::l3config::{RawArp, RawIcmp, RawInterface, RawNat, RawRoute};
+pub use overlay_io::l3config::{RawArp, RawBridge, RawIcmp, RawInterface, RawNat, RawRoute};
+use overlay_io::l3config::{RawSections, Sections, compile_sections};
 
 fn default_workers() -> usize {
     1
@@ -90,162 +85,26 @@ impl Default for RawConfig {
     }
 }
 
-/// One bridge domain as written.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct RawBridge {
-    /// Name (the `bridge` metric label).
-    pub name: String,
-    /// Names of member ports (two or more).
-    pub ports: Vec<String>,
-    /// The most learned MACs (default 8192).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub max_macs: Option<usize>,
-    /// Seconds a learned MAC lives without traffic (default 300).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub ageing: Option<u64>,
-    /// Learn source MACs (default true); off floods every frame.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub learning: Option<bool>,
-}
-
 /// The router's typed config.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct RouterConfig {
-    /// Ports and underlay.
-    pub datapath: Arc<DatapathConfig>,
-    /// Bridge domains over the ports.
-    pub bridges: Vec<DomainConfig>,
-    /// Interfaces, routes, NAT.
-    pub routed: Routed,
-}
+pub type RouterConfig = Sections;
 
 /// Check and type a raw config; every problem at once.
 pub fn compile(raw: &RawConfig) -> Result<RouterConfig, Vec<ConfigError>> {
-    let mut errors = Vec::new();
-    let dp = match dpc::compile(&raw.underlay, &raw.ports, raw.workers, raw.batch_size) {
-        Ok(dp) => Some(dp),
-        Err(e) => {
-            errors.extend(e);
-            None
-        }
-    };
-    let known: BTreeMap<&str, usize> = raw
-        .ports
-        .iter()
-        .enumerate()
-        .map(|(i, p)| (p.name.as_str(), i))
-        .collect();
-    let mut member_of: BTreeMap<&str, usize> = BTreeMap::new();
-    let mut names = BTreeMap::new();
-    let mut bridges = Vec::new();
-    for (i, b) in raw.bridges.iter().enumerate() {
-        let mut e = |f: String, m: String| {
-            errors.push(ConfigError {
-                path: format!("bridges[{i}]{f}"),
-                message: m,
-            })
-        };
-        if b.name.is_empty() {
-            e(".name".into(), "a bridge domain needs a name".into());
-        } else if let Some(first) = names.insert(b.name.as_str(), i) {
-            e(
-                ".name".into(),
-                format!(
-                    "bridge name `{}` is already used by bridges[{first}]",
-                    b.name
-                ),
-            );
-        }
-        if b.ports.len() < 2 {
-            e(
-                ".ports".into(),
-                "a bridge domain joins two or more ports".into(),
-            );
-        }
-        let mut ids = Vec::new();
-        for (j, p) in b.ports.iter().enumerate() {
-            if !known.contains_key(p.as_str()) {
-                let names: Vec<&str> = known.keys().copied().collect();
-                e(
-                    format!(".ports[{j}]"),
-                    format!("no port is named `{p}` (ports: {})", names.join(", ")),
-                );
-                continue;
-            }
-            if let Some(other) = member_of.insert(p.as_str(), i) {
-                e(
-                    format!(".ports[{j}]"),
-                    format!(
-                        "port `{p}` is already in bridges[{other}]: a port belongs to one bridge domain"
-                    ),
-                );
-                continue;
-            }
-            if let Some(id) = dp.as_ref().and_then(|d| d.port_id(p)) {
-                ids.push(id);
-            }
-        }
-        let max_macs = b.max_macs.unwrap_or(DEFAULT_MAX_MACS);
-        if !(1..=1 << 20).contains(&max_macs) {
-            e(
-                ".max_macs".into(),
-                format!("{max_macs} MACs: use 1..=1048576"),
-            );
-        }
-        let ageing = b
-            .ageing
-            .map_or(Duration::from_secs(300), Duration::from_secs);
-        if ageing.is_zero() {
-            e(".ageing".into(), "ageing must be at least 1 second".into());
-        }
-        bridges.push(DomainConfig {
-            name: b.name.clone(),
-            ports: ids,
-            max_macs,
-            ageing,
-            learning: b.learning.unwrap_or(true),
-            slot: 0,
-        });
-    }
-    let bridged: BTreeMap<String, usize> = member_of
-        .iter()
-        .map(|(p, b)| ((*p).to_owned(), *b))
-        .collect();
-    let bridge_names: BTreeMap<String, (usize, Vec<String>)> = raw
-        .bridges
-        .iter()
-        .enumerate()
-        .map(|(i, b)| (b.name.clone(), (i, b.ports.clone())))
-        .collect();
-    let cx = Context {
-        dp: dp.as_ref(),
-        bridged: &bridged,
-        bridges: &bridge_names,
-        identity: raw
-            .underlay
-            .address
-            .map_or_else(|| "vnf-router".to_owned(), |a| a.to_string()),
-    };
-    let routed = l3config::compile(
-        &RawRouted {
+    compile_sections(
+        &RawSections {
+            underlay: &raw.underlay,
+            ports: &raw.ports,
+            bridges: &raw.bridges,
             interfaces: &raw.interfaces,
             routes: &raw.routes,
             nat: &raw.nat,
             arp: &raw.arp,
             icmp: &raw.icmp,
+            workers: raw.workers,
+            batch_size: raw.batch_size,
         },
-        &cx,
-        &mut errors,
-    );
-    match (dp, routed) {
-        (Some(dp), Some(routed)) if errors.is_empty() => Ok(RouterConfig {
-            datapath: Arc::new(dp),
-            bridges,
-            routed,
-        }),
-        _ => Err(errors),
-    }
+        "vnf-router",
+    )
 }
 
 #[cfg(test)]

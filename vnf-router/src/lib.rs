@@ -10,12 +10,13 @@
 //! - translates addresses: masquerade from pools, port forwards, 1:1 floating addresses
 //!   with hairpin.
 //!
-//! - [`config`]: the YAML config and its checks; [`l3config`] its routed sections.
+//! - [`config`]: the YAML config and its checks (the routed sections are
+//!   [`overlay_io::l3config`], shared with the firewall).
 //! - [`router`]: the network function.
 //! - [`RouterApp`]: the daemon glue ([`overlay_io::daemon::VnfApp`]).
 
 pub mod config;
-pub mod l3config;
+pub use overlay_io::l3config;
 pub mod router;
 
 use std::sync::Arc;

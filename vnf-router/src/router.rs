@@ -26,7 +26,7 @@ use overlay_io::pipeline::{DropReason, NetworkFunction, PortId, Transmit, Verdic
 use overlay_io::rewrite::{self, Flow};
 use overlay_io::routed::{self, Hook, PacketCx, RoutedConfig, Step};
 
-use crate::l3config::NatSettings;
+use overlay_io::l3config::NatSettings;
 
 /// The least time between two log lines about refused NAT flows.
 const NAT_LOG_INTERVAL: Duration = Duration::from_secs(10);

@@ -1,6 +1,7 @@
-//! The routed part of the router's config: `interfaces`, `routes`, `nat`, `arp`, `icmp`.
-//! Raw serde structs as written, and [`compile`] into the typed [`L3Config`] and
-//! [`NatSettings`], reporting every problem at once with its path.
+//! The config sections every routed function shares: `bridges`, `interfaces`, `routes`,
+//! `nat`, `arp`, `icmp` (with the datapath's `underlay` and `ports`). Raw serde structs as
+//! written, and [`compile_sections`] into typed values, reporting every problem at once
+//! with its path.
 
 use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
@@ -10,15 +11,18 @@ use std::time::Duration;
 use ipnetwork::Ipv4Network;
 use serde::{Deserialize, Serialize};
 
-use overlay_io::arp::ArpConfig;
-use overlay_io::daemon::ConfigError;
-use overlay_io::datapath::config::DatapathConfig;
-use overlay_io::fib::{Fib, NextHop, RejectKind, Target};
-use overlay_io::l3::{Attach, Interface, L3Config, derive_mac};
-use overlay_io::nat::{
+use crate::arp::ArpConfig;
+use crate::bridge::{DEFAULT_MAX_MACS, DomainConfig};
+use crate::daemon::ConfigError;
+use crate::datapath::config::DatapathConfig;
+use crate::datapath::config::{self as dpc, RawPort, RawUnderlay};
+use crate::fib::{Fib, NextHop, RejectKind, Target};
+use crate::l3::{Attach, Interface, L3Config, derive_mac};
+use crate::nat::{
     Endpoint, FiveTuple, FloatingIp, Kind, NatConfig, Pool, Proto, Session, SnatRule, Timeouts,
 };
-use overlay_io::parse_mac;
+use crate::parse_mac;
+use std::sync::Arc;
 
 /// One routed interface as written.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -486,7 +490,7 @@ pub fn compile(
         }
         let mac = match &r.mac {
             Some(m) => match parse_mac(m) {
-                Some(mac) if !overlay_io::is_group_mac(&mac) && mac != [0; 6] => mac,
+                Some(mac) if !crate::is_group_mac(&mac) && mac != [0; 6] => mac,
                 Some(_) => {
                     err(at(".mac"), format!("`{m}` is not a unicast MAC address"));
                     [0; 6]
@@ -943,4 +947,191 @@ pub fn compile(
             externals,
         },
     })
+}
+
+/// One bridge domain as written.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawBridge {
+    /// Name (the `bridge` metric label).
+    pub name: String,
+    /// Names of member ports (two or more).
+    pub ports: Vec<String>,
+    /// The most learned MACs (default 8192).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_macs: Option<usize>,
+    /// Seconds a learned MAC lives without traffic (default 300).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ageing: Option<u64>,
+    /// Learn source MACs (default true); off floods every frame.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub learning: Option<bool>,
+}
+
+/// The typed sections.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Sections {
+    /// Ports and underlay.
+    pub datapath: Arc<DatapathConfig>,
+    /// Bridge domains over the ports.
+    pub bridges: Vec<DomainConfig>,
+    /// Interfaces, routes, NAT.
+    pub routed: Routed,
+}
+
+/// Every section as written.
+#[derive(Debug, Clone, Copy)]
+pub struct RawSections<'a> {
+    /// `underlay`.
+    pub underlay: &'a RawUnderlay,
+    /// `ports`.
+    pub ports: &'a [RawPort],
+    /// `bridges`.
+    pub bridges: &'a [RawBridge],
+    /// `interfaces`.
+    pub interfaces: &'a [RawInterface],
+    /// `routes`.
+    pub routes: &'a [RawRoute],
+    /// `nat`.
+    pub nat: &'a RawNat,
+    /// `arp`.
+    pub arp: &'a RawArp,
+    /// `icmp`.
+    pub icmp: &'a RawIcmp,
+    /// `workers`.
+    pub workers: usize,
+    /// `batch_size`.
+    pub batch_size: usize,
+}
+
+/// Check and type the sections; every problem at once. `identity` seeds derived MACs when
+/// there is no underlay address.
+pub fn compile_sections(
+    raw: &RawSections<'_>,
+    identity: &str,
+) -> Result<Sections, Vec<ConfigError>> {
+    let mut errors = Vec::new();
+    let dp = match dpc::compile(raw.underlay, raw.ports, raw.workers, raw.batch_size) {
+        Ok(dp) => Some(dp),
+        Err(e) => {
+            errors.extend(e);
+            None
+        }
+    };
+    let known: BTreeMap<&str, usize> = raw
+        .ports
+        .iter()
+        .enumerate()
+        .map(|(i, p)| (p.name.as_str(), i))
+        .collect();
+    let mut member_of: BTreeMap<&str, usize> = BTreeMap::new();
+    let mut names = BTreeMap::new();
+    let mut bridges = Vec::new();
+    for (i, b) in raw.bridges.iter().enumerate() {
+        let mut e = |f: String, m: String| {
+            errors.push(ConfigError {
+                path: format!("bridges[{i}]{f}"),
+                message: m,
+            })
+        };
+        if b.name.is_empty() {
+            e(".name".into(), "a bridge domain needs a name".into());
+        } else if let Some(first) = names.insert(b.name.as_str(), i) {
+            e(
+                ".name".into(),
+                format!(
+                    "bridge name `{}` is already used by bridges[{first}]",
+                    b.name
+                ),
+            );
+        }
+        if b.ports.len() < 2 {
+            e(
+                ".ports".into(),
+                "a bridge domain joins two or more ports".into(),
+            );
+        }
+        let mut ids = Vec::new();
+        for (j, p) in b.ports.iter().enumerate() {
+            if !known.contains_key(p.as_str()) {
+                let names: Vec<&str> = known.keys().copied().collect();
+                e(
+                    format!(".ports[{j}]"),
+                    format!("no port is named `{p}` (ports: {})", names.join(", ")),
+                );
+                continue;
+            }
+            if let Some(other) = member_of.insert(p.as_str(), i) {
+                e(
+                    format!(".ports[{j}]"),
+                    format!(
+                        "port `{p}` is already in bridges[{other}]: a port belongs to one bridge domain"
+                    ),
+                );
+                continue;
+            }
+            if let Some(id) = dp.as_ref().and_then(|d| d.port_id(p)) {
+                ids.push(id);
+            }
+        }
+        let max_macs = b.max_macs.unwrap_or(DEFAULT_MAX_MACS);
+        if !(1..=1 << 20).contains(&max_macs) {
+            e(
+                ".max_macs".into(),
+                format!("{max_macs} MACs: use 1..=1048576"),
+            );
+        }
+        let ageing = b
+            .ageing
+            .map_or(Duration::from_secs(300), Duration::from_secs);
+        if ageing.is_zero() {
+            e(".ageing".into(), "ageing must be at least 1 second".into());
+        }
+        bridges.push(DomainConfig {
+            name: b.name.clone(),
+            ports: ids,
+            max_macs,
+            ageing,
+            learning: b.learning.unwrap_or(true),
+            slot: 0,
+        });
+    }
+    let bridged: BTreeMap<String, usize> = member_of
+        .iter()
+        .map(|(p, b)| ((*p).to_owned(), *b))
+        .collect();
+    let bridge_names: BTreeMap<String, (usize, Vec<String>)> = raw
+        .bridges
+        .iter()
+        .enumerate()
+        .map(|(i, b)| (b.name.clone(), (i, b.ports.clone())))
+        .collect();
+    let cx = Context {
+        dp: dp.as_ref(),
+        bridged: &bridged,
+        bridges: &bridge_names,
+        identity: raw
+            .underlay
+            .address
+            .map_or_else(|| identity.to_owned(), |a| a.to_string()),
+    };
+    let routed = compile(
+        &RawRouted {
+            interfaces: raw.interfaces,
+            routes: raw.routes,
+            nat: raw.nat,
+            arp: raw.arp,
+            icmp: raw.icmp,
+        },
+        &cx,
+        &mut errors,
+    );
+    match (dp, routed) {
+        (Some(dp), Some(routed)) if errors.is_empty() => Ok(Sections {
+            datapath: Arc::new(dp),
+            bridges,
+            routed,
+        }),
+        _ => Err(errors),
+    }
 }
