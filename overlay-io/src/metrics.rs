@@ -133,7 +133,7 @@ impl Default for WorkerCounters {
             ports: slots(PORT_SLOTS),
             vnis: slots(VNI_SLOTS),
             bridges: slots(BRIDGE_SLOTS),
-            drops: Default::default(),
+            drops: std::array::from_fn(|_| Counter::default()),
         }
     }
 }

@@ -152,11 +152,22 @@ pub enum DropReason {
     /// A packet that needs NAT but cannot be translated: a non-first fragment, or a
     /// protocol other than TCP, UDP and ICMP.
     NatUntranslatable,
+    /// A firewall rule (or a zone pair's default) said drop.
+    PolicyDrop,
+    /// A firewall rule said reject (a TCP RST or ICMP administratively prohibited sent).
+    PolicyReject,
+    /// Connection tracking found the packet invalid (impossible TCP flags, out of window,
+    /// no connection for a non-SYN segment, a fragment, a truncated header) and no rule
+    /// accepted invalid packets.
+    CtInvalid,
+    /// The connection table (or the zone's share) was full and nothing could be dropped
+    /// early to make room.
+    CtFull,
 }
 
 impl DropReason {
     /// Every reason, in label order.
-    pub const ALL: [DropReason; 30] = [
+    pub const ALL: [DropReason; 34] = [
         DropReason::VxlanMalformed,
         DropReason::VxlanBadFlags,
         DropReason::VniNotJoined,
@@ -187,6 +198,10 @@ impl DropReason {
         DropReason::NatTableFull,
         DropReason::NatConflict,
         DropReason::NatUntranslatable,
+        DropReason::PolicyDrop,
+        DropReason::PolicyReject,
+        DropReason::CtInvalid,
+        DropReason::CtFull,
     ];
 
     /// The metric label value.
@@ -222,6 +237,10 @@ impl DropReason {
             DropReason::NatTableFull => "nat_table_full",
             DropReason::NatConflict => "nat_conflict",
             DropReason::NatUntranslatable => "nat_untranslatable",
+            DropReason::PolicyDrop => "policy_drop",
+            DropReason::PolicyReject => "policy_reject",
+            DropReason::CtInvalid => "ct_invalid",
+            DropReason::CtFull => "ct_full",
         }
     }
 

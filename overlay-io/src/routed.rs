@@ -169,6 +169,13 @@ pub struct State<H: Hook> {
     applied: Arc<RoutedConfig<H::Config>>,
 }
 
+impl<H: Hook> State<H> {
+    /// The config the state was last set up for.
+    pub fn applied(&self) -> &Arc<RoutedConfig<H::Config>> {
+        &self.applied
+    }
+}
+
 /// The shared state and the routed metrics of one function.
 #[derive(Debug)]
 pub struct Shared<H: Hook> {

@@ -152,6 +152,8 @@ impl StateSet {
     pub const ANY: StateSet = StateSet(0b1111);
     /// No state: a rule with it matches nothing.
     pub const NONE: StateSet = StateSet(0);
+    /// Every state but invalid: what a configured rule without `state` matches.
+    pub const VALID: StateSet = StateSet(0b0111);
 
     /// This set and `state`.
     pub const fn with(self, state: CtState) -> StateSet {

@@ -124,7 +124,8 @@ pub struct RawRule {
     /// ICMP code (ICMP only).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub icmp_code: Option<i64>,
-    /// Conntrack states: `new`, `established`, `related`, `invalid`.
+    /// Conntrack states: `new`, `established`, `related`, `invalid` (default: all but
+    /// `invalid`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub state: Option<Vec<String>>,
     /// `accept`, `drop` or `reject`.
@@ -445,12 +446,16 @@ fn compile_rule(
     let icmp_code = icmp(r.icmp_code, ".icmp_code");
 
     let states = match &r.state {
-        None => StateSet::ANY,
+        // Invalid packets only match a rule that names the state: a rule that leaves
+        // `state` out means every valid packet (new; established and related ones never
+        // reach the rules, connection tracking passes them first).
+        None => StateSet::VALID,
         Some(list) => {
             if list.is_empty() {
                 fail(
                     at(".state"),
-                    "an empty list matches nothing: leave `state` out to match any state".into(),
+                    "an empty list matches nothing: leave `state` out to match every valid packet"
+                        .into(),
                 );
             }
             let mut states = StateSet::NONE;
@@ -664,6 +669,7 @@ policies:
                 dst: Some(vec![]),
                 protocol: Some(17),
                 src_ports: Some(vec![53..=53, 1024..=65535]),
+                states: StateSet::VALID,
                 ..Rule::new("a-b-0", Action::Accept)
             }
         );
@@ -749,7 +755,7 @@ policies:
             "policies[0].rules[6].src: an empty list matches nothing: leave `src` out to match any address",
             "policies[0].rules[6].protocol: protocol 300 is out of range (0..=255)",
             "policies[0].rules[6].dst_ports: an empty list matches nothing: leave `dst_ports` out to match any port",
-            "policies[0].rules[6].state: an empty list matches nothing: leave `state` out to match any state",
+            "policies[0].rules[6].state: an empty list matches nothing: leave `state` out to match every valid packet",
             "policies[0].rules[7].icmp_type: `icmp_type` needs protocol icmp; this rule's protocol is any",
             "policies[0].rules[8].icmp_code: -1 is out of range (0..=255)",
             "policies[0].rules[9].dst_ports[0]: port -1 is out of range (0..=65535)",

@@ -231,6 +231,7 @@ pub fn router<A: VnfApp>(shell: Arc<Shell<A>>) -> Router {
         .route("/readyz", get(readyz::<A>))
         .route("/config", get(config::<A>))
         .route("/reload", post(reload::<A>))
+        .route("/state/{name}", get(state::<A>))
         .with_state(shell)
 }
 
@@ -264,6 +265,20 @@ async fn config<A: VnfApp>(State(shell): State<Arc<Shell<A>>>) -> Response {
         Err(e) => (
             StatusCode::INTERNAL_SERVER_ERROR,
             format!("cannot render the configuration: {e}\n"),
+        )
+            .into_response(),
+    }
+}
+
+async fn state<A: VnfApp>(
+    State(shell): State<Arc<Shell<A>>>,
+    axum::extract::Path(name): axum::extract::Path<String>,
+) -> Response {
+    match shell.app.report(&name) {
+        Some(text) => ([(header::CONTENT_TYPE, "text/plain")], text).into_response(),
+        None => (
+            StatusCode::NOT_FOUND,
+            format!("no state report named `{name}`\n"),
         )
             .into_response(),
     }

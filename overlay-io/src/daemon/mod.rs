@@ -93,6 +93,12 @@ pub trait VnfApp: Sized + Send + Sync + 'static {
     /// Stop the datapath and join its threads (SIGTERM, SIGINT, or a failed start of the
     /// admin server).
     fn shutdown(&self);
+
+    /// A state report served at `GET /state/NAME` as text (the firewall's `connections`);
+    /// `None` (404) for names the VNF does not report.
+    fn report(&self, _name: &str) -> Option<String> {
+        None
+    }
 }
 
 /// Run VNF `A` as a daemon: the whole of a VNF's `main`.
