@@ -134,7 +134,7 @@ impl FwCollector {
                 .set(s.by_state.get(c.index()).copied().unwrap_or(0) as i64);
         }
         out.extend(by_state.collect());
-        let plain: [(&str, &str, u64); 6] = [
+        let plain: [(&str, &str, u64); 5] = [
             (
                 "vnf_conntrack_created_total",
                 "Connections created.",
@@ -160,17 +160,18 @@ impl FwCollector {
                 "Connections removed by a reload that no longer allows them, or reopened.",
                 s.removed,
             ),
-            (
-                "vnf_fw_log_suppressed",
-                "Log lines not written since the last one because of the rate limit (a gauge).",
-                fw.log_suppressed,
-            ),
         ];
         for (name, help, v) in plain {
             let c = prometheus::IntCounter::new(name, help)?;
             c.inc_by(v);
             out.extend(c.collect());
         }
+        let suppressed = IntGauge::new(
+            "vnf_fw_log_suppressed",
+            "Log lines not written since the last one because of the rate limit.",
+        )?;
+        suppressed.set(fw.log_suppressed as i64);
+        out.extend(suppressed.collect());
         let invalid = IntCounterVec::new(
             Opts::new(
                 "vnf_conntrack_invalid_total",
