@@ -219,6 +219,44 @@ fn transparent_mode_filters_bridged_traffic_invisibly() {
 }
 
 #[test]
+fn transparent_reject_answers_as_the_destination() {
+    let yaml = TRANSPARENT.replace(
+        "      - {name: ping, protocol: icmp, icmp_type: 8, action: accept}",
+        "      - {name: ping, protocol: icmp, icmp_type: 8, action: accept}\n      - {name: ident, protocol: tcp, dst_ports: [113], action: reject}\n      - {name: tftp, protocol: udp, dst_ports: [69], action: reject}",
+    );
+    let mut n = net(&yaml);
+    let (a, b) = (Ipv4Addr::new(10, 0, 0, 1), Ipv4Addr::new(10, 0, 0, 2));
+    n.vxlan_in(vtep(2), &vxlan(0x08, 100, &arp_request(mac(2), b, a)));
+    let o = out(&n.vxlan_in(
+        vtep(3),
+        &vxlan(0x08, 101, &tcp(mac(1), mac(2), a, b, 1234, 113, SYN, 5, 0)),
+    ));
+    assert_eq!(o.len(), 1, "a RST comes back: {o:?}");
+    let (vni, f) = &o[0];
+    assert_eq!(*vni, 101, "back to the sender's side");
+    assert_eq!(&f[6..12], &mac(2), "from the destination's MAC");
+    assert_eq!(&f[26..30], &b.octets(), "from the destination's address");
+    assert_eq!(f[47], RST | ACK);
+    let o = out(&n.vxlan_in(
+        vtep(3),
+        &vxlan(
+            0x08,
+            101,
+            &udp_frame(mac(1), mac(2), a, b, 5000, 69, b"rrq"),
+        ),
+    ));
+    assert_eq!(o.len(), 1, "an ICMP error comes back: {o:?}");
+    let f = &o[0].1;
+    assert_eq!(
+        (f[23], f[34], f[35]),
+        (1, 3, 13),
+        "ICMP administratively prohibited"
+    );
+    assert_eq!(&f[26..30], &b.octets());
+    assert_eq!(n.hub().drops(DropReason::PolicyReject), 2);
+}
+
+#[test]
 fn syn_flood_fills_the_table_but_established_flows_keep_going() {
     let yaml = ROUTED
         .replace("max_connections: 262144", "max_connections: 100")

@@ -777,3 +777,130 @@ impl Drop for Ovs {
         self.stop("ovsdb-server.pid");
     }
 }
+
+/// The admin HTTP listener of a VNF started with [`Vnf::start`], inside its own namespace.
+pub const VNF_ADMIN: &str = "127.0.0.1:9180";
+
+/// Any VNF binary (`vnf-router`, `vnf-firewall`, ...) running in its namespace with a YAML
+/// config in the test's work directory; prints its log if the test fails.
+#[derive(Debug)]
+pub struct Vnf {
+    /// The process.
+    pub proc: Proc,
+    /// Its namespace.
+    pub ns: Netns,
+    /// The binary's name.
+    pub name: String,
+    cfg: PathBuf,
+    log: PathBuf,
+    dir: PathBuf,
+}
+
+impl Vnf {
+    /// Start the workspace binary `name` in `ns` with config `yaml` (written to
+    /// `dir/NAME.yaml`, its log to `dir/NAME.log`) and admin on [`VNF_ADMIN`]; returns once
+    /// `/readyz` answers 200.
+    pub fn start(name: &str, ns: Netns, dir: &Path, yaml: &str) -> Vnf {
+        let cfg = dir.join(format!("{name}.yaml"));
+        std::fs::write(&cfg, yaml).expect("write VNF config");
+        let log = dir.join(format!("{name}.log"));
+        let proc = ns.spawn_logged(
+            &format!(
+                "{} --config {} --admin {VNF_ADMIN}",
+                bin(name).display(),
+                cfg.display()
+            ),
+            Some(&log),
+        );
+        let mut v = Vnf {
+            proc,
+            ns,
+            name: name.to_string(),
+            cfg,
+            log,
+            dir: dir.to_path_buf(),
+        };
+        let ready = wait_for(Duration::from_secs(15), || {
+            v.ns.sh(&format!("curl -sf http://{VNF_ADMIN}/readyz"))
+                .status
+                .success()
+        });
+        assert!(
+            ready && v.proc.running(),
+            "{name} did not become ready:\n{}",
+            v.log_text()
+        );
+        v
+    }
+
+    /// Its log so far.
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// `GET path` on the admin endpoint; panics unless it answers 2xx.
+    pub fn get(&self, path: &str) -> String {
+        self.ns
+            .run(&format!("curl -sf -m 10 http://{VNF_ADMIN}{path}"))
+    }
+
+    /// Its `/metrics` text.
+    pub fn metrics(&self) -> String {
+        self.get("/metrics")
+    }
+
+    /// One sample; panics (with the whole text) if the VNF does not export it.
+    pub fn metric(&self, key: &str) -> f64 {
+        let text = self.metrics();
+        prom(&text, key).unwrap_or_else(|| panic!("no sample `{key}` in /metrics:\n{text}"))
+    }
+
+    /// `vnf_drops_total` for one reason, 0 if not exported (yet).
+    pub fn drops(&self, reason: &str) -> f64 {
+        prom(
+            &self.metrics(),
+            &format!("vnf_drops_total{{reason=\"{reason}\"}}"),
+        )
+        .unwrap_or(0.0)
+    }
+
+    /// A state report, `GET /state/NAME` (the firewall's `connections`).
+    pub fn state(&self, name: &str) -> String {
+        self.get(&format!("/state/{name}"))
+    }
+
+    /// Write `yaml` over its config file and `POST /reload`: (HTTP status, body).
+    pub fn reload(&self, yaml: &str) -> (u16, String) {
+        std::fs::write(&self.cfg, yaml).expect("write VNF config");
+        let out = self.ns.sh(&format!(
+            "curl -s -m 10 -X POST -w '\\n%{{http_code}}' http://{VNF_ADMIN}/reload"
+        ));
+        let all = String::from_utf8_lossy(&out.stdout).into_owned();
+        let (body, code) = all.rsplit_once('\n').unwrap_or(("", all.as_str()));
+        (code.trim().parse().unwrap_or(0), body.to_string())
+    }
+
+    /// The process runs and `/healthz` answers 200.
+    pub fn healthy(&mut self) -> bool {
+        self.proc.running()
+            && self
+                .ns
+                .sh(&format!("curl -sf -m 5 http://{VNF_ADMIN}/healthz"))
+                .status
+                .success()
+    }
+}
+
+impl Drop for Vnf {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            eprintln!(
+                "---- {} log ({}) ----\n{}---- end of log; work dir {} ----",
+                self.name,
+                self.log.display(),
+                self.log_text(),
+                self.dir.display()
+            );
+        }
+    }
+}

@@ -657,27 +657,56 @@ pub fn icmp_error_in_place(
     hdr: &Header,
     pkt: &mut PacketBuf,
 ) -> bool {
+    let Some(src) = cx.cfg.source_for(iface, hdr.src) else {
+        return false;
+    };
+    let Some(ifc) = cx.cfg.interfaces.get(iface) else {
+        return false;
+    };
+    let mac = ifc.mac;
+    icmp_error_from(cx, nb, (src, mac), err, hdr, pkt)
+}
+
+/// Like [`icmp_error_in_place`] for a function without an address on the path (a
+/// transparent firewall): the error comes from the packet's destination address and MAC,
+/// as if the host it was for had refused it (as `nftables`' bridge `reject` does).
+pub fn icmp_error_as_destination(
+    cx: &Ctx<'_>,
+    nb: &mut Neighbours,
+    err: IcmpError,
+    hdr: &Header,
+    pkt: &mut PacketBuf,
+) -> bool {
+    let Some(mac) = pkt.dst_mac() else {
+        return false;
+    };
+    icmp_error_from(cx, nb, (hdr.dst, mac), err, hdr, pkt)
+}
+
+/// Build, in place, the ICMP error `err` about `pkt` from address and MAC `from`.
+fn icmp_error_from(
+    cx: &Ctx<'_>,
+    nb: &mut Neighbours,
+    (src, mac): (Ipv4Addr, Mac),
+    err: IcmpError,
+    hdr: &Header,
+    pkt: &mut PacketBuf,
+) -> bool {
     let (cfg, counters, now) = (cx.cfg, cx.counters, cx.now);
     let frame = pkt.bytes();
     let Some(ip) = frame.get(ETH_HEADER_LEN..) else {
         return false;
     };
-    if cfg.icmp_rate.0 == 0 || !icmp::may_send_error(hdr, ip) {
+    if cfg.icmp_rate.0 == 0 || crate::is_group_mac(&mac) || !icmp::may_send_error(hdr, ip) {
         return false;
     }
-    let Some(src) = cfg.source_for(iface, hdr.src) else {
-        return false;
-    };
-    let Some(ifc) = cfg.interfaces.get(iface) else {
-        return false;
-    };
     if !nb.icmp.allow(now) {
         counters.icmp_rate_limited.inc();
         return false;
     }
     let mut out = [0u8; ETH_HEADER_LEN + icmp::MAX_ERROR_LEN];
     out[0..6].copy_from_slice(&frame[6..12]);
-    out[6..12].copy_from_slice(&ifc.mac);
+    out[6..12].copy_from_slice(&mac);
     out[12..14].copy_from_slice(&ETHERTYPE_IPV4.to_be_bytes());
     let Some(n) = icmp::build_error(err, src, hdr, ip, &mut out[ETH_HEADER_LEN..]) else {
         return false;

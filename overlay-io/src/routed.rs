@@ -413,9 +413,30 @@ impl<H: Hook> Routed<H> {
             flow: &flow,
             now,
         };
-        match self.hook.bridged(&mut p, v) {
-            Step::Continue => v,
-            Step::Drop(r) | Step::Refuse(_, r) | Step::Reset(r) => Verdict::Drop(r),
+        let step = self.hook.bridged(&mut p, v);
+        // Refusals answer as the destination host would: the function has no address here.
+        let answered = match step {
+            Step::Continue => return v,
+            Step::Drop(r) => return Verdict::Drop(r),
+            Step::Refuse(e, r) => {
+                let cx = Ctx {
+                    cfg: &cfg.l3,
+                    counters: &self.counters,
+                    now,
+                };
+                (
+                    l3::icmp_error_as_destination(&cx, &mut st.nb, e, &hdr, pkt),
+                    r,
+                )
+            }
+            Step::Reset(r) => (l3::tcp_reset_in_place(&hdr, pkt), r),
+        };
+        match answered {
+            (true, r) => {
+                self.drops.count_drop(r);
+                Verdict::Reply
+            }
+            (false, r) => Verdict::Drop(r),
         }
     }
 
