@@ -1,6 +1,8 @@
 //! Replays the fuzz corpora (`fuzz/corpus/<target>/`, kept small and minimised by
 //! `scripts/fuzz`) through the same target bodies the fuzzer runs, so that every input that
 //! once found new coverage, and every crash ever found (`crash-*`), stays a regression test.
+//! The `router_path` crashes (`crash-*`: router replies over the interface MTU, a fragment
+//! offset that wrapped) are fixed and replay with the rest.
 //!
 //! The hand-written seeds (`seed-*`) are built by [`seeds`]; after changing them, rewrite
 //! the files with `cargo test -p vnf-tests --test fuzz_corpus -- --ignored write_seeds`.
@@ -10,6 +12,7 @@ use std::net::Ipv4Addr;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::path::{Path, PathBuf};
 
+use vnf_tests::fuzz_targets::rp::{self, ingress, port};
 use vnf_tests::fuzz_targets::{
     self, MODE_ACCESS, MODE_TRUNK, MODE_VXLAN, MODE_VXLAN_BATCH, control,
 };
@@ -116,6 +119,20 @@ fn wire_parsers_corpus_replays() {
 }
 
 #[test]
+fn router_path_corpus_replays() {
+    let inputs = corpus("router_path");
+    let failed: Vec<String> = inputs
+        .iter()
+        .filter_map(|(name, data)| {
+            run_named("router_path", name, data, || {
+                fuzz_targets::router_path(data)
+            })
+        })
+        .collect();
+    report("router_path", inputs.len(), &failed);
+}
+
+#[test]
 fn seeds_pass() {
     let failed: Vec<String> = seeds()
         .into_iter()
@@ -124,11 +141,40 @@ fn seeds_pass() {
                 "vxlan_decap" => {
                     fuzz_targets::vxlan_decap_on(&mut fuzz_targets::new_router_net(), &data)
                 }
+                "router_path" => fuzz_targets::router_path(&data),
                 _ => fuzz_targets::wire_parsers(&data),
             })
         })
         .collect();
     assert!(failed.is_empty(), "seeds failed: {failed:?}");
+}
+
+/// The `router_path` checks are not vacuous: the seeds between them get every kind of
+/// output checked (bridged, ARP, forwarded, translated, reassembled fragments, ICMP).
+#[test]
+fn router_path_seeds_reach_every_check() {
+    let mut total = rp::Stats::default();
+    for (name, data) in router_path_seeds() {
+        let s = rp::run_stats(&data);
+        println!("{name}: {s:?}");
+        total.bridged += s.bridged;
+        total.arp += s.arp;
+        total.forwarded += s.forwarded;
+        total.translated += s.translated;
+        total.reassembled += s.reassembled;
+        total.lone_fragments += s.lone_fragments;
+        total.icmp += s.icmp;
+    }
+    println!("total: {total:?}");
+    assert!(
+        total.bridged > 0
+            && total.arp > 0
+            && total.forwarded > 0
+            && total.translated > 0
+            && total.reassembled > 0
+            && total.icmp > 0,
+        "{total:?}"
+    );
 }
 
 /// Rewrite the `seed-*` files from [`seeds`].
@@ -266,5 +312,337 @@ fn seeds() -> Vec<(&'static str, String, Vec<u8>)> {
         .into_iter()
         .map(|(n, b)| ("wire_parsers", format!("seed-{n}"), b)),
     );
+    d.extend(
+        router_path_seeds()
+            .into_iter()
+            .map(|(n, b)| ("router_path", format!("seed-{n}"), b)),
+    );
     d
+}
+
+/// `router_path` input builder (the encoding is documented in `fuzz_targets::rp`).
+struct Rp(Vec<u8>);
+
+/// An IPv4 event's fields: source and destination ([`rp::ADDRS`] indexes), protocol
+/// (0 UDP, 1 TCP, 2 ICMP), ports ([`rp::PORTS`] indexes), payload length index, and the
+/// selectors of TTL (0: 64, 2: 1), flags (0: none, 2: DF, 4: MF) and `m` (0: all valid).
+#[derive(Clone, Copy)]
+struct V4 {
+    src: u8,
+    dst: u8,
+    proto: u8,
+    sport: u8,
+    dport: u8,
+    len: u8,
+    ttl: u8,
+    frag: u8,
+    m: u8,
+}
+
+fn v4(src: u8, dst: u8, proto: u8, sport: u8, dport: u8) -> V4 {
+    V4 {
+        src,
+        dst,
+        proto,
+        sport,
+        dport,
+        len: 2,
+        ttl: 0,
+        frag: 0,
+        m: 0,
+    }
+}
+
+impl Rp {
+    /// A new input; `warm`: neighbours known first; `b`: start on config B.
+    fn new(warm: bool, b: bool) -> Rp {
+        Rp(vec![u8::from(warm) | u8::from(b) << 1])
+    }
+
+    fn ev(mut self, bytes: &[u8]) -> Rp {
+        self.0.extend_from_slice(bytes);
+        self
+    }
+
+    /// An IPv4 packet on ingress `ing`; `tail`: TCP flags, or the ICMP type byte and for
+    /// an error the quoted packet's two selector bytes.
+    fn ip(self, ing: u8, v: V4, tail: &[u8]) -> Rp {
+        self.ip_op(rp::op(rp::kind::IPV4, ing), v, tail)
+    }
+
+    fn ip_op(self, op: u8, v: V4, tail: &[u8]) -> Rp {
+        let s = v.src | v.ttl << 5;
+        let d = v.dst | v.frag << 5;
+        let p = v.proto | v.len << 4;
+        let q = v.sport | v.dport << 4;
+        self.ev(&[op, v.m, s, d, p, q]).ev(tail)
+    }
+
+    fn udp(self, ing: u8, src: u8, dst: u8, sport: u8, dport: u8) -> Rp {
+        self.ip(ing, v4(src, dst, 0, sport, dport), &[])
+    }
+
+    fn tcp(self, ing: u8, src: u8, dst: u8, sport: u8, dport: u8, flags: u8) -> Rp {
+        self.ip(ing, v4(src, dst, 1, sport, dport), &[flags])
+    }
+
+    fn echo(self, ing: u8, src: u8, dst: u8) -> Rp {
+        self.ip(ing, v4(src, dst, 2, port::EPHEMERAL, 0), &[0])
+    }
+
+    /// An ARP request (broadcast) from `spa` for `tpa`.
+    fn arp_request(self, ing: u8, spa: u8, tpa: u8) -> Rp {
+        self.ev(&[rp::op(rp::kind::ARP, ing), 0, spa, tpa])
+    }
+
+    /// An ARP reply from `spa` to the router's address `tpa`.
+    fn arp_reply(self, ing: u8, spa: u8, tpa: u8) -> Rp {
+        self.ev(&[rp::op(rp::kind::ARP, ing), 1 | 1 << 2, spa, tpa])
+    }
+
+    fn clock(self, step: u8) -> Rp {
+        self.ev(&[rp::op(rp::kind::CLOCK, step)])
+    }
+
+    /// Reload: 0 the other config, 1 A, 2 B, 3 the same.
+    fn reload(self, to: u8) -> Rp {
+        self.ev(&[rp::op(rp::kind::RELOAD, to)])
+    }
+}
+
+/// Hand-written `router_path` inputs: each path of the router once.
+fn router_path_seeds() -> Vec<(&'static str, Vec<u8>)> {
+    use ingress::*;
+    use rp::addr::*;
+    let web_to_db = || v4(WEB_HOST, DB_HOST, 0, port::EPHEMERAL, port::DNS);
+    vec![
+        ("empty-warm", Rp::new(true, false)),
+        ("empty-config-b", Rp::new(true, true)),
+        (
+            "udp-web-to-db",
+            Rp::new(true, false).udp(WEB, WEB_HOST, DB_HOST, port::EPHEMERAL, port::DNS),
+        ),
+        (
+            "held-until-arp-reply",
+            Rp::new(false, false)
+                .udp(WEB, WEB_HOST, DB_HOST, port::EPHEMERAL, port::DNS)
+                .arp_reply(DB, DB_HOST, R_DB)
+                .udp(WEB, WEB_HOST, DB_HOST, port::EPHEMERAL, port::DNS),
+        ),
+        (
+            "arp-never-answered",
+            Rp::new(false, false)
+                .udp(WEB, WEB_HOST, DB_HOST, port::EPHEMERAL, port::DNS)
+                .clock(0)
+                .clock(0)
+                .clock(1)
+                .clock(3),
+        ),
+        (
+            "masquerade-and-reply",
+            Rp::new(true, false)
+                .udp(WEB, WEB_HOST, INTERNET, port::EPHEMERAL, port::HTTP)
+                .udp(EXT, INTERNET, POOL, port::HTTP, port::POOL0)
+                .udp(EXT, INTERNET, POOL2, port::HTTP, port::POOL0),
+        ),
+        (
+            "masquerade-tcp-lifecycle",
+            Rp::new(true, false)
+                .tcp(WEB, WEB_HOST, INTERNET, port::EPHEMERAL, port::HTTP, 0x02)
+                .tcp(EXT, INTERNET, POOL, port::HTTP, port::POOL0, 0x12)
+                .tcp(EXT, INTERNET, POOL2, port::HTTP, port::POOL0, 0x12)
+                .tcp(WEB, WEB_HOST, INTERNET, port::EPHEMERAL, port::HTTP, 0x10)
+                .tcp(WEB, WEB_HOST, INTERNET, port::EPHEMERAL, port::HTTP, 0x11)
+                .tcp(EXT, INTERNET, POOL, port::HTTP, port::POOL0, 0x11)
+                .clock(4),
+        ),
+        ("pool-exhausted", {
+            let mut r = Rp::new(true, false);
+            for sp in 0..12 {
+                r = r.udp(WEB, WEB_HOST, INTERNET, sp, port::HTTP);
+            }
+            r.clock(5)
+                .udp(WEB, WEB_HOST, INTERNET, port::SSH, port::HTTP)
+        }),
+        (
+            "port-forward-tcp",
+            Rp::new(true, false)
+                .tcp(EXT, INTERNET, POOL, port::HTTP, port::FWD_TCP, 0x02)
+                .arp_reply(WEB, WEB_FWD, R_WEB)
+                .tcp(WEB, WEB_FWD, INTERNET, port::SSH, port::HTTP, 0x12),
+        ),
+        (
+            "port-forward-udp-irb",
+            Rp::new(true, false)
+                .udp(EXT, INTERNET, POOL2, port::DNS, port::FWD_UDP)
+                .udp(LAN_A, LAN_HOST, INTERNET, port::DNS, port::DNS),
+        ),
+        (
+            "floating-in-and-out",
+            Rp::new(true, false)
+                .udp(EXT, INTERNET, FLOATING, port::HTTP, port::EPHEMERAL)
+                .udp(DB, DB_HOST, INTERNET, port::EPHEMERAL, port::HTTP)
+                .echo(DB, DB_HOST, INTERNET)
+                .echo(EXT, INTERNET, FLOATING),
+        ),
+        (
+            "hairpin",
+            Rp::new(true, false)
+                .udp(WEB, WEB_HOST, FLOATING, port::EPHEMERAL, port::HTTP)
+                .udp(DB, DB_HOST, POOL, port::HTTP, port::POOL0)
+                .udp(DB, DB_HOST, POOL2, port::HTTP, port::POOL0)
+                .tcp(WEB, WEB_HOST, POOL, port::EPHEMERAL, port::FWD_TCP, 0x02),
+        ),
+        (
+            "echo-to-router",
+            Rp::new(true, false)
+                .echo(WEB, WEB_HOST, R_WEB)
+                .echo(DB, DB_HOST, R_DB)
+                .echo(EXT, EXT_GW, POOL)
+                .echo(LAN_A, LAN_HOST, R_LAN),
+        ),
+        ("echo-big", {
+            let mut v = v4(DB_HOST, R_DB, 2, port::EPHEMERAL, 0);
+            v.len = 9;
+            Rp::new(true, false).ip(DB, v, &[0])
+        }),
+        ("ttl-1-and-0", {
+            let mut v = web_to_db();
+            v.ttl = 2;
+            let mut w = web_to_db();
+            w.ttl = 4;
+            Rp::new(true, false).ip(WEB, v, &[]).ip(WEB, w, &[])
+        }),
+        ("too-big-df", {
+            let mut v = web_to_db();
+            v.len = 12;
+            v.frag = 2;
+            Rp::new(true, false).ip(WEB, v, &[])
+        }),
+        ("too-big-no-df", {
+            let mut v = web_to_db();
+            v.len = 12;
+            Rp::new(true, false).ip(WEB, v, &[])
+        }),
+        ("fragments", {
+            let mut v = v4(WEB_HOST, INTERNET, 0, port::EPHEMERAL, port::HTTP);
+            v.frag = 4;
+            let mut w = v;
+            w.frag = 5;
+            Rp::new(true, false).ip(WEB, v, &[]).ip(WEB, w, &[])
+        }),
+        (
+            "refusing-routes",
+            Rp::new(true, false)
+                .udp(WEB, WEB_HOST, PROHIBIT, port::EPHEMERAL, port::DNS)
+                .udp(WEB, WEB_HOST, BLACKHOLE, port::EPHEMERAL, port::DNS)
+                .udp(WEB, WEB_HOST, UNREACHABLE, port::EPHEMERAL, port::DNS),
+        ),
+        (
+            "ecmp",
+            Rp::new(true, false)
+                .udp(EXT, INTERNET, ECMP, port::HTTP, port::EPHEMERAL)
+                .udp(EXT, INTERNET, ECMP, port::HTTP, port::EPHEMERAL2)
+                .udp(WEB, WEB_HOST, ECMP_LAN, port::EPHEMERAL, port::DNS),
+        ),
+        (
+            "irb-routed-and-bridged",
+            Rp::new(true, false)
+                .udp(LAN_A, LAN_HOST, DB_HOST, port::DNS, port::DNS)
+                .udp(DB, DB_HOST, LAN_HOST, port::DNS, port::DNS)
+                .udp(LAN_B, LAN_GW, LAN_HOST, port::DNS, port::DNS)
+                .ip(
+                    LAN_A,
+                    V4 {
+                        m: 2,
+                        ..v4(LAN_HOST, LAN_GW, 0, 0, 0)
+                    },
+                    &[],
+                )
+                .arp_request(LAN_A, LAN_HOST, LAN_GW)
+                .arp_request(LAN_B, LAN_GW, R_LAN),
+        ),
+        (
+            "icmp-error-about-nat-flow",
+            Rp::new(true, false)
+                .udp(WEB, WEB_HOST, INTERNET, port::EPHEMERAL, port::HTTP)
+                // Type 3 from the gateway to the pool address, quoting pool:20000 -> internet:80.
+                .ip(
+                    EXT,
+                    v4(EXT_GW, POOL, 2, port::POOL0, port::HTTP),
+                    &[3, POOL, INTERNET],
+                )
+                .ip(
+                    EXT,
+                    v4(EXT_GW, POOL2, 2, port::POOL0, port::HTTP),
+                    &[3, POOL2, INTERNET],
+                ),
+        ),
+        (
+            "reload-both-ways",
+            Rp::new(true, false)
+                .udp(WEB, WEB_HOST, INTERNET, port::EPHEMERAL, port::HTTP)
+                .udp(EXT, INTERNET, FLOATING, port::HTTP, port::EPHEMERAL)
+                .reload(0)
+                .udp(WEB, WEB_HOST, INTERNET, port::EPHEMERAL, port::HTTP)
+                .udp(EXT, INTERNET, POOL, port::HTTP, port::POOL0)
+                .udp(LAN_A, LAN_HOST, DB_HOST, port::DNS, port::DNS)
+                .clock(4)
+                .reload(0)
+                .reload(3)
+                .udp(WEB, WEB_HOST, DB_HOST, port::EPHEMERAL, port::DNS),
+        ),
+        (
+            "batch",
+            Rp::new(false, false)
+                .ip_op(rp::op(0, WEB) | rp::BATCHED, web_to_db(), &[])
+                .ev(&[
+                    rp::op(rp::kind::ARP, DB) | rp::BATCHED,
+                    1 | 1 << 2,
+                    DB_HOST,
+                    R_DB,
+                ])
+                .ip_op(
+                    rp::op(0, LAN_A) | rp::BATCHED,
+                    v4(LAN_HOST, LAN_GW, 0, 0, 0),
+                    &[],
+                )
+                .udp(WEB, WEB_HOST, DB_HOST, port::EPHEMERAL, port::DNS),
+        ),
+        ("arp-table-fill", {
+            let mut r = Rp::new(false, false);
+            for a in 0..16 {
+                r = r.arp_request(WEB, a, R_WEB);
+            }
+            r.arp_request(EXT, EXT_GW, POOL).clock(5)
+        }),
+        (
+            "raw",
+            Rp::new(true, false)
+                .ev(&[rp::op(rp::kind::RAW_FRAME, WEB), 3, 28])
+                .ev(&[
+                    0x45, 0, 0, 28, 0, 1, 0, 0, 64, 17, 0, 0, 10, 0, 1, 5, 10, 0, 2, 5,
+                ])
+                .ev(&[0x0f, 0xa0, 0, 53, 0, 8, 0, 0])
+                .ev(&[
+                    rp::op(rp::kind::RAW_VXLAN, WEB),
+                    10,
+                    0x08,
+                    0,
+                    0,
+                    0,
+                    0,
+                    0,
+                    100,
+                    0,
+                    1,
+                    2,
+                ])
+                .ev(&[rp::op(rp::kind::RAW_FRAME, SPARE), 0, 4, 1, 2, 3, 4])
+                .udp(UNJOINED, WEB_HOST, DB_HOST, 0, 0),
+        ),
+    ]
+    .into_iter()
+    .map(|(n, r)| (n, r.0))
+    .collect()
 }

@@ -79,7 +79,8 @@ pub fn may_send_error(hdr: &Header, ip: &[u8]) -> bool {
 
 /// Write into `out` an IPv4 packet carrying the ICMP `err` from `src` about the packet
 /// `orig` (whose header is `hdr`), addressed to its source. Returns the length written, or
-/// `None` if `out` is too small. TTL 64, no options, DF clear.
+/// `None` if `out` is too small for the headers; the quote is cut to what fits in `out`
+/// and in 576 bytes. TTL 64, no options, DF clear.
 pub fn build_error(
     err: IcmpError,
     src: Ipv4Addr,
@@ -87,7 +88,11 @@ pub fn build_error(
     orig: &[u8],
     out: &mut [u8],
 ) -> Option<usize> {
-    let quote = orig.len().min(hdr.total_len).min(MAX_ERROR_LEN - 28);
+    // As much as fits in 576 bytes (RFC 1812 §4.3.2.3) and in `out` (the egress MTU).
+    let quote = orig
+        .len()
+        .min(hdr.total_len)
+        .min(out.len().min(MAX_ERROR_LEN).saturating_sub(28));
     let total = 20 + 8 + quote;
     let out = out.get_mut(..total)?;
     out.fill(0);

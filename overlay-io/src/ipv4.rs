@@ -80,6 +80,12 @@ pub fn parse(ip: &[u8]) -> Result<Header, DropReason> {
     let dst: [u8; 4] = ip[field::DST]
         .try_into()
         .map_err(|_| DropReason::IpMalformed)?;
+    let fragment_offset = usize::from(ff & 0x1fff) * 8;
+    // A fragment whose data would end past the largest datagram (RFC 791: 65535 bytes)
+    // cannot be reassembled, and re-fragmenting it would wrap the offset field.
+    if fragment_offset + (total_len - header_len) > usize::from(u16::MAX) {
+        return Err(DropReason::IpMalformed);
+    }
     Ok(Header {
         header_len,
         total_len,
@@ -89,7 +95,7 @@ pub fn parse(ip: &[u8]) -> Result<Header, DropReason> {
         dst: Ipv4Addr::from(dst),
         dont_fragment: ff & FLAG_DF != 0,
         fragment: ff & (FLAG_MF | 0x1fff) != 0,
-        fragment_offset: usize::from(ff & 0x1fff) * 8,
+        fragment_offset,
     })
 }
 
@@ -395,5 +401,27 @@ mod tests {
         let mut lens = Vec::new();
         fragment(&p, &hdr, 1400, |f| lens.push(parse(f).unwrap().header_len));
         assert_eq!(lens, vec![24, 24, 24]);
+    }
+
+    #[test]
+    fn a_fragment_ending_past_the_largest_datagram_is_malformed() {
+        let mut p = vec![0u8; 1400];
+        p[0] = 0x45;
+        p[2..4].copy_from_slice(&1400u16.to_be_bytes());
+        p[6..8].copy_from_slice(&(FLAG_MF | (65088 / 8) as u16).to_be_bytes());
+        p[8] = 64;
+        p[9] = 17;
+        let c = checksum(&p[..20]);
+        p[10..12].copy_from_slice(&c.to_be_bytes());
+        assert_eq!(
+            parse(&p),
+            Err(DropReason::IpMalformed),
+            "65088 + 1380 > 65535"
+        );
+        p[6..8].copy_from_slice(&(FLAG_MF | (64152 / 8) as u16).to_be_bytes());
+        p[10..12].fill(0);
+        let c = checksum(&p[..20]);
+        p[10..12].copy_from_slice(&c.to_be_bytes());
+        assert!(parse(&p).is_ok(), "64152 + 1380 = 65532 fits");
     }
 }

@@ -663,8 +663,8 @@ pub fn icmp_error_in_place(
     let Some(ifc) = cx.cfg.interfaces.get(iface) else {
         return false;
     };
-    let mac = ifc.mac;
-    icmp_error_from(cx, nb, (src, mac), err, hdr, pkt)
+    let (mac, mtu) = (ifc.mac, ifc.mtu as usize);
+    icmp_error_from(cx, nb, (src, mac, mtu), err, hdr, pkt)
 }
 
 /// Like [`icmp_error_in_place`] for a function without an address on the path (a
@@ -680,14 +680,15 @@ pub fn icmp_error_as_destination(
     let Some(mac) = pkt.dst_mac() else {
         return false;
     };
-    icmp_error_from(cx, nb, (hdr.dst, mac), err, hdr, pkt)
+    icmp_error_from(cx, nb, (hdr.dst, mac, icmp::MAX_ERROR_LEN), err, hdr, pkt)
 }
 
-/// Build, in place, the ICMP error `err` about `pkt` from address and MAC `from`.
+/// Build, in place, the ICMP error `err` about `pkt` from address and MAC `from`, at most
+/// `mtu` bytes of IP.
 fn icmp_error_from(
     cx: &Ctx<'_>,
     nb: &mut Neighbours,
-    (src, mac): (Ipv4Addr, Mac),
+    (src, mac, mtu): (Ipv4Addr, Mac, usize),
     err: IcmpError,
     hdr: &Header,
     pkt: &mut PacketBuf,
@@ -708,7 +709,8 @@ fn icmp_error_from(
     out[0..6].copy_from_slice(&frame[6..12]);
     out[6..12].copy_from_slice(&mac);
     out[12..14].copy_from_slice(&ETHERTYPE_IPV4.to_be_bytes());
-    let Some(n) = icmp::build_error(err, src, hdr, ip, &mut out[ETH_HEADER_LEN..]) else {
+    let room = ETH_HEADER_LEN + mtu.min(icmp::MAX_ERROR_LEN);
+    let Some(n) = icmp::build_error(err, src, hdr, ip, &mut out[ETH_HEADER_LEN..room]) else {
         return false;
     };
     pkt.fill(&out[..ETH_HEADER_LEN + n]);

@@ -526,6 +526,11 @@ impl<H: Hook> Routed<H> {
             if let Some(v) = self.step(s, st, iface, hdr, pkt, now) {
                 return v;
             }
+            if hdr.total_len > l3c.interfaces[iface].mtu as usize {
+                // The reply would not fit the interface it leaves by (we do not fragment
+                // our own answers).
+                return Verdict::Drop(DropReason::MtuExceeded);
+            }
             return if hdr.protocol == 1 && l3::echo_in_place(pkt, &self.counters) {
                 Verdict::Reply
             } else {
