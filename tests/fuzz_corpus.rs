@@ -133,6 +133,20 @@ fn router_path_corpus_replays() {
 }
 
 #[test]
+fn firewall_path_corpus_replays() {
+    let inputs = corpus("firewall_path");
+    let failed: Vec<String> = inputs
+        .iter()
+        .filter_map(|(name, data)| {
+            run_named("firewall_path", name, data, || {
+                vnf_tests::fuzz_firewall::firewall_path(data)
+            })
+        })
+        .collect();
+    report("firewall_path", inputs.len(), &failed);
+}
+
+#[test]
 fn seeds_pass() {
     let failed: Vec<String> = seeds()
         .into_iter()
