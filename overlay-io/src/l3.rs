@@ -471,20 +471,7 @@ impl L3Collector {
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .push(("t".into(), 0));
-        let descs = sample
-            .gather()
-            .unwrap_or_default()
-            .iter()
-            .filter_map(|mf| {
-                Desc::new(
-                    mf.name().to_owned(),
-                    mf.help().to_owned(),
-                    vec![],
-                    Default::default(),
-                )
-                .ok()
-            })
-            .collect();
+        let descs = crate::metrics::descs_of(&sample.gather().unwrap_or_default());
         L3Collector { hub, descs }
     }
 }

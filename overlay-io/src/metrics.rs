@@ -418,6 +418,23 @@ impl MetricsHub {
     }
 }
 
+/// The descriptions a collector declares, taken from a gather over sample data, so that
+/// the two cannot disagree (every collector of the suite does it this way).
+pub fn descs_of(families: &[MetricFamily]) -> Vec<Desc> {
+    families
+        .iter()
+        .filter_map(|mf| {
+            Desc::new(
+                mf.name().to_owned(),
+                mf.help().to_owned(),
+                vec![],
+                HashMap::new(),
+            )
+            .ok()
+        })
+        .collect()
+}
+
 /// Registers the datapath's counters on a Prometheus registry.
 #[derive(Debug, Clone)]
 pub struct DatapathCollector {
@@ -437,20 +454,7 @@ impl DatapathCollector {
             sample.vni_slot(1),
             sample.bridge_slot("b"),
         );
-        let descs = sample
-            .gather()
-            .unwrap_or_default()
-            .iter()
-            .filter_map(|mf| {
-                Desc::new(
-                    mf.name().to_owned(),
-                    mf.help().to_owned(),
-                    vec![],
-                    HashMap::new(),
-                )
-                .ok()
-            })
-            .collect();
+        let descs = descs_of(&sample.gather().unwrap_or_default());
         DatapathCollector { hub, descs }
     }
 }

@@ -292,20 +292,7 @@ impl VnfApp for FirewallApp {
             rules: rules.clone(),
             descs: Vec::new(),
         };
-        let descs = fw
-            .families()
-            .unwrap_or_default()
-            .iter()
-            .filter_map(|mf| {
-                Desc::new(
-                    mf.name().to_owned(),
-                    mf.help().to_owned(),
-                    vec![],
-                    Default::default(),
-                )
-                .ok()
-            })
-            .collect();
+        let descs = overlay_io::metrics::descs_of(&fw.families().unwrap_or_default());
         let fw = FwCollector { descs, ..fw };
         for c in [
             Box::new(DatapathCollector::new(hub.clone())) as Box<dyn Collector>,
