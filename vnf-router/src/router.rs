@@ -1,4 +1,4 @@
-//! The router's network function: overlay-io's routed function ([`Routed`]) with NAT as
+//! The router's network function: overlay-io's routed function ([`routed::Routed`]) with NAT as
 //! its hook.
 //!
 //! - Before routing ([`Hook::pre_routing`]): an existing session's translation, or a new

@@ -15,7 +15,7 @@
 //! XOR commutes, so swapping source and destination leaves every term unchanged. IPv4
 //! fragments (offset or MF set) hash without ports, so all fragments of a datagram stay together.
 //!
-//! Two attach points run the same program, generated once by [`flow_hash_program`] from the
+//! Two attach points run the same program, generated once by `flow_hash_program` from the
 //! position of the inner Ethernet header, so they cannot diverge:
 //!
 //! - The UDP underlay: `SO_REUSEPORT` sockets on the VXLAN port with
