@@ -222,7 +222,10 @@ pub fn rewrite(ip: &mut [u8], hdr: &Header, key: &FiveTuple, src: Endpoint, dst:
 
 /// Translate an ICMP error (classified as [`Flow::IcmpError`] quoting `quoted`) about a
 /// translated flow: the outer destination becomes `outer_dst`, and the quoted packet's
-/// source and destination become `inner_src` and `inner_dst`. The quoted IP header
+/// source and destination become `inner_src` and `inner_dst`. When the error comes from
+/// the quoted packet's destination itself (a translated host refusing it), the outer source
+/// is translated too, to `inner_dst`'s address, so that no internal address leaks out
+/// (RFC 5508 §7: the embedded and the outer header are translated alike). The quoted IP header
 /// checksum and the ICMP checksum are updated; the quoted transport checksum (often cut
 /// off by the quote) is left alone, as receivers do not check it.
 pub fn rewrite_icmp_error(
@@ -234,6 +237,9 @@ pub fn rewrite_icmp_error(
     inner_dst: Endpoint,
 ) {
     set_ip_addr(ip, 16, outer_dst);
+    if hdr.src == quoted.dst.addr {
+        set_ip_addr(ip, 12, inner_dst.addr);
+    }
     let Some(icmp) = ip.get_mut(hdr.header_len..hdr.total_len) else {
         return;
     };
@@ -420,5 +426,41 @@ mod tests {
         p[10..12].copy_from_slice(&c.to_be_bytes());
         let hdr = ipv4::parse(&p).unwrap();
         assert_eq!(flow(&p, &hdr), Flow::Other);
+    }
+
+    #[test]
+    fn an_error_from_a_translated_host_leaves_from_its_external_address() {
+        // 203.0.113.5 reached 10.0.1.5:22 through a port forward on 192.0.2.10:2222; the
+        // internal host answers with port unreachable quoting the translated packet.
+        let quoted = tcp_packet([203, 0, 113, 5], [10, 0, 1, 5], 40000, 22);
+        let mut e = vec![0u8; 20 + 8 + 28];
+        e[0] = 0x45;
+        let n = e.len() as u16;
+        e[2..4].copy_from_slice(&n.to_be_bytes());
+        e[8] = 64;
+        e[9] = ICMP;
+        e[12..16].copy_from_slice(&[10, 0, 1, 5]);
+        e[16..20].copy_from_slice(&[203, 0, 113, 5]);
+        let c = ipv4::checksum(&e[..20]);
+        e[10..12].copy_from_slice(&c.to_be_bytes());
+        e[20] = 3;
+        e[21] = 3;
+        e[28..].copy_from_slice(&quoted[..28]);
+        let c = ipv4::checksum(&e[20..]);
+        e[22..24].copy_from_slice(&c.to_be_bytes());
+        let hdr = ipv4::parse(&e).unwrap();
+        let Flow::IcmpError { quoted: q } = flow(&e, &hdr) else {
+            panic!("error")
+        };
+        let public = Endpoint::new(Ipv4Addr::new(192, 0, 2, 10), 2222);
+        rewrite_icmp_error(&mut e, &hdr, &q, q.src.addr, q.src, public);
+        assert_eq!(addr(&e, 12), public.addr, "outer source translated");
+        assert!(ipv4::parse(&e).is_ok());
+        assert_eq!(ipv4::checksum(&e[20..]), 0);
+        assert_eq!(
+            addr(&e, 28 + 16),
+            public.addr,
+            "quoted destination translated"
+        );
     }
 }
