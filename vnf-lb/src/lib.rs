@@ -1,5 +1,12 @@
 //! `vnf-lb`: the tenant load balancer (vLB): L4 with Maglev consistent hashing and
 //! health-checked pools, L7 HTTP/HTTPS with TLS terminated by rustls.
 //!
-//! Not built yet: its issue fills this crate on top of `overlay-io`. It holds no code until
-//! then, so that nothing half-made ships under its name.
+//! Started, not shipped: no binary yet. What exists is tested and used by nothing yet:
+//!
+//! - [`maglev`]: Maglev consistent hashing (NSDI 2016 §3.4) with weights, a stable keyed
+//!   hash and golden tests, so that an upgrade never silently remaps traffic;
+//! - [`http`]: a zero-allocation HTTP/1.1 head parser and chunked decoder for the L7 proxy
+//!   (RFC 9112), strict about request smuggling.
+
+pub mod http;
+pub mod maglev;
