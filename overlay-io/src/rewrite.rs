@@ -383,25 +383,32 @@ mod tests {
         assert!(ipv4::parse(&e).is_ok());
     }
 
-    #[test]
-    fn icmp_error_is_translated_with_valid_checksums() {
-        // A router 198.51.100.1 reports "frag needed" about our SNATed packet.
-        let quoted = tcp_packet([192, 0, 2, 10], [203, 0, 113, 5], 1024, 443);
+    /// An ICMP destination unreachable (`code`) from `src` to `dst` quoting the first 28
+    /// bytes of `quoted`, checksums valid.
+    fn icmp_error(src: [u8; 4], dst: [u8; 4], code: u8, quoted: &[u8]) -> Vec<u8> {
         let mut e = vec![0u8; 20 + 8 + 28];
         e[0] = 0x45;
         let n = e.len() as u16;
         e[2..4].copy_from_slice(&n.to_be_bytes());
         e[8] = 64;
         e[9] = ICMP;
-        e[12..16].copy_from_slice(&[198, 51, 100, 1]);
-        e[16..20].copy_from_slice(&[192, 0, 2, 10]);
+        e[12..16].copy_from_slice(&src);
+        e[16..20].copy_from_slice(&dst);
         let c = ipv4::checksum(&e[..20]);
         e[10..12].copy_from_slice(&c.to_be_bytes());
         e[20] = 3;
-        e[21] = 4;
+        e[21] = code;
         e[28..].copy_from_slice(&quoted[..28]);
         let c = ipv4::checksum(&e[20..]);
         e[22..24].copy_from_slice(&c.to_be_bytes());
+        e
+    }
+
+    #[test]
+    fn icmp_error_is_translated_with_valid_checksums() {
+        // A router 198.51.100.1 reports "frag needed" about our SNATed packet.
+        let quoted = tcp_packet([192, 0, 2, 10], [203, 0, 113, 5], 1024, 443);
+        let mut e = icmp_error([198, 51, 100, 1], [192, 0, 2, 10], 4, &quoted);
         let hdr = ipv4::parse(&e).unwrap();
         let Flow::IcmpError { quoted: q } = flow(&e, &hdr) else {
             panic!("error")
@@ -433,21 +440,7 @@ mod tests {
         // 203.0.113.5 reached 10.0.1.5:22 through a port forward on 192.0.2.10:2222; the
         // internal host answers with port unreachable quoting the translated packet.
         let quoted = tcp_packet([203, 0, 113, 5], [10, 0, 1, 5], 40000, 22);
-        let mut e = vec![0u8; 20 + 8 + 28];
-        e[0] = 0x45;
-        let n = e.len() as u16;
-        e[2..4].copy_from_slice(&n.to_be_bytes());
-        e[8] = 64;
-        e[9] = ICMP;
-        e[12..16].copy_from_slice(&[10, 0, 1, 5]);
-        e[16..20].copy_from_slice(&[203, 0, 113, 5]);
-        let c = ipv4::checksum(&e[..20]);
-        e[10..12].copy_from_slice(&c.to_be_bytes());
-        e[20] = 3;
-        e[21] = 3;
-        e[28..].copy_from_slice(&quoted[..28]);
-        let c = ipv4::checksum(&e[20..]);
-        e[22..24].copy_from_slice(&c.to_be_bytes());
+        let mut e = icmp_error([10, 0, 1, 5], [203, 0, 113, 5], 3, &quoted);
         let hdr = ipv4::parse(&e).unwrap();
         let Flow::IcmpError { quoted: q } = flow(&e, &hdr) else {
             panic!("error")
