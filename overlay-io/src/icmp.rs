@@ -26,6 +26,8 @@ pub enum IcmpError {
     HostUnreachable,
     /// Type 3 code 13: communication administratively prohibited (RFC 1812 §5.2.7.1).
     AdminProhibited,
+    /// Type 3 code 3: no listener on the UDP port (RFC 1122 §4.1.3.1).
+    PortUnreachable,
     /// Type 3 code 4: fragmentation needed and DF set, with the next-hop MTU (RFC 1191).
     FragNeeded {
         /// The MTU of the egress link.
@@ -40,6 +42,7 @@ impl IcmpError {
             IcmpError::NetUnreachable => (3, 0),
             IcmpError::HostUnreachable => (3, 1),
             IcmpError::AdminProhibited => (3, 13),
+            IcmpError::PortUnreachable => (3, 3),
             IcmpError::FragNeeded { .. } => (3, 4),
         }
     }
@@ -51,6 +54,7 @@ impl IcmpError {
             IcmpError::NetUnreachable => "net_unreachable",
             IcmpError::HostUnreachable => "host_unreachable",
             IcmpError::AdminProhibited => "admin_prohibited",
+            IcmpError::PortUnreachable => "port_unreachable",
             IcmpError::FragNeeded { .. } => "frag_needed",
         }
     }

@@ -68,13 +68,14 @@ pub struct Interface {
 }
 
 /// ICMP messages a routed function sends, as metric labels.
-pub const ICMP_TYPES: [&str; 6] = [
+pub const ICMP_TYPES: [&str; 7] = [
     "echo_reply",
     "time_exceeded",
     "net_unreachable",
     "host_unreachable",
     "admin_prohibited",
     "frag_needed",
+    "port_unreachable",
 ];
 
 fn icmp_index(e: IcmpError) -> usize {
@@ -84,6 +85,7 @@ fn icmp_index(e: IcmpError) -> usize {
         IcmpError::HostUnreachable => 3,
         IcmpError::AdminProhibited => 4,
         IcmpError::FragNeeded { .. } => 5,
+        IcmpError::PortUnreachable => 6,
     }
 }
 

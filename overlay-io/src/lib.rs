@@ -44,6 +44,7 @@ pub mod daemon;
 pub mod datapath;
 pub mod fdb;
 pub mod fib;
+pub mod host;
 pub mod icmp;
 pub mod io;
 pub mod ipv4;

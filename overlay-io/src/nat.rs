@@ -315,6 +315,14 @@ pub struct SessionId {
     generation: u32,
 }
 
+impl SessionId {
+    /// The session's slot: small, reused after the session ends; callers keep their own
+    /// per-session data in a vector indexed by it.
+    pub const fn index(self) -> u32 {
+        self.index
+    }
+}
+
 /// How to rewrite one packet.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Translation {

@@ -163,11 +163,17 @@ pub enum DropReason {
     /// The connection table (or the zone's share) was full and nothing could be dropped
     /// early to make room.
     CtFull,
+    /// A packet for the function's own host stack (L7 listeners, health-check replies)
+    /// while its queue was full.
+    HostQueueFull,
+    /// A new flow to a load-balanced service while no backend of its pool was up or
+    /// accepting new flows (answered with a TCP RST or ICMP port unreachable).
+    NoBackend,
 }
 
 impl DropReason {
     /// Every reason, in label order.
-    pub const ALL: [DropReason; 34] = [
+    pub const ALL: [DropReason; 36] = [
         DropReason::VxlanMalformed,
         DropReason::VxlanBadFlags,
         DropReason::VniNotJoined,
@@ -202,6 +208,8 @@ impl DropReason {
         DropReason::PolicyReject,
         DropReason::CtInvalid,
         DropReason::CtFull,
+        DropReason::HostQueueFull,
+        DropReason::NoBackend,
     ];
 
     /// The metric label value.
@@ -241,6 +249,8 @@ impl DropReason {
             DropReason::PolicyReject => "policy_reject",
             DropReason::CtInvalid => "ct_invalid",
             DropReason::CtFull => "ct_full",
+            DropReason::HostQueueFull => "host_queue_full",
+            DropReason::NoBackend => "no_backend",
         }
     }
 
@@ -368,6 +378,13 @@ pub trait NetworkFunction: Send {
     /// Queue the frames the function originates; called after every batch and every
     /// timer run. Most functions only forward, hence the default.
     fn poll_transmit(&mut self, _tx: &mut Transmit) {}
+
+    /// A descriptor that becomes readable when the function has frames to send without a
+    /// packet or a timer to prompt it (its host stack's output): the workers poll it with
+    /// their sockets. Asked once, when a worker starts.
+    fn wake_fd(&self) -> Option<std::os::fd::RawFd> {
+        None
+    }
 }
 
 #[cfg(test)]

@@ -20,13 +20,17 @@
 //!    clear and the packet is too big, and the next hop's MAC from ARP: known, or the
 //!    packet is held and a request goes out.
 //!
+//! Packets the hook hands to the function's own host stack ([`Step::Deliver`], see
+//! [`crate::host`]) leave the datapath there; the host stack's packets come back through
+//! `poll_transmit` and are routed like any the function originates (no TTL decrement).
+//!
 //! The ARP cache, the ICMP rate limit and the hook's state are one per function, shared by
 //! the workers behind one mutex taken once per batch: the two directions of a translated
 //! or tracked flow, and an ARP request and its reply, may reach different workers.
 
 use std::net::Ipv4Addr;
 use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError};
 use std::time::{Duration, Instant};
 
 use crate::Mac;
@@ -34,6 +38,7 @@ use crate::arp::Resolution;
 use crate::bridge::{Bridge, DomainConfig};
 use crate::buf::{ETH_HEADER_LEN, MAX_FRAME, PacketBuf};
 use crate::fib::{Decision, RejectKind};
+use crate::host::HostLink;
 use crate::icmp::IcmpError;
 use crate::ipv4::{self, Header};
 use crate::l3::{
@@ -48,6 +53,8 @@ use crate::rewrite::{self, Flow};
 pub const TICK: Duration = Duration::from_secs(1);
 /// Fragments one worker can have waiting for `poll_transmit`.
 const FRAG_BUFS: usize = 64;
+/// Host stack packets one `poll_transmit` sends at most.
+const HOST_BURST: usize = 64;
 
 /// What a routed function's workers run with; swapped whole on reload.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -71,6 +78,10 @@ pub enum Step {
     Refuse(IcmpError, DropReason),
     /// Drop, counted, and answer a TCP segment with a RST (RFC 9293 §3.10.7.1).
     Reset(DropReason),
+    /// A packet for the function's own addresses: hand it to the host stack (from
+    /// [`Hook::input`] only; elsewhere, and without a host stack, it is dropped as
+    /// `local_unhandled`).
+    Deliver,
 }
 
 /// One packet as a hook sees it.
@@ -182,6 +193,8 @@ pub struct Shared<H: Hook> {
     state: Mutex<State<H>>,
     /// Whether the state has frames to send, so that `poll_transmit` can skip the lock.
     pending: AtomicBool,
+    /// The function's host stack, if it has one.
+    host: OnceLock<Arc<HostLink>>,
     /// Routed metrics.
     pub hub: Arc<L3Hub>,
 }
@@ -203,6 +216,7 @@ impl<H: Hook> Shared<H> {
                 applied: cfg.clone(),
             }),
             pending: AtomicBool::new(true),
+            host: OnceLock::new(),
             hub,
         });
         let weak = Arc::downgrade(&shared);
@@ -212,6 +226,16 @@ impl<H: Hook> Shared<H> {
             }
         }));
         shared
+    }
+
+    /// Attach the host stack, before the workers start; `false` if one is attached.
+    pub fn set_host(&self, link: Arc<HostLink>) -> bool {
+        self.host.set(link).is_ok()
+    }
+
+    /// The host stack's link.
+    pub fn host(&self) -> Option<&Arc<HostLink>> {
+        self.host.get()
     }
 
     /// The state, locked.
@@ -238,6 +262,8 @@ pub struct Routed<H: Hook> {
     scratch: PacketBuf,
     /// When the worker was made: the first tick is due then.
     created: Instant,
+    /// The latest time the engine passed in: the host stack's packets are sent with it.
+    now: Instant,
 }
 
 /// A flow hash for ECMP: the same for every packet of a flow.
@@ -300,6 +326,7 @@ impl<H: Hook> Routed<H> {
             frag_ready: Vec::with_capacity(FRAG_BUFS),
             scratch: PacketBuf::new(),
             created: Instant::now(),
+            now: Instant::now(),
         }
     }
 
@@ -418,6 +445,7 @@ impl<H: Hook> Routed<H> {
         let answered = match step {
             Step::Continue => return v,
             Step::Drop(r) => return Verdict::Drop(r),
+            Step::Deliver => return Verdict::Drop(DropReason::LocalUnhandled),
             Step::Refuse(e, r) => {
                 let cx = Ctx {
                     cfg: &cfg.l3,
@@ -486,6 +514,11 @@ impl<H: Hook> Routed<H> {
                     Some(Verdict::Drop(r))
                 }
             }
+            Step::Deliver => Some(match self.shared.host.get() {
+                Some(link) if link.deliver(&pkt.bytes()[ETH_HEADER_LEN..]) => Verdict::Consumed,
+                Some(_) => Verdict::Drop(DropReason::HostQueueFull),
+                None => Verdict::Drop(DropReason::LocalUnhandled),
+            }),
         }
     }
 
@@ -656,6 +689,50 @@ impl<H: Hook> Routed<H> {
         Verdict::Consumed
     }
 
+    /// Route a packet the host stack sent: route lookup, egress MTU, ARP; `false` when
+    /// the transmit queue is full (try again later).
+    fn originate(&self, st: &mut State<H>, tx: &mut Transmit, ip: &[u8], now: Instant) -> bool {
+        let l3c = &self.cfg.l3;
+        let Ok(hdr) = ipv4::parse(ip) else {
+            self.drops.count_drop(DropReason::IpMalformed);
+            return true;
+        };
+        let flow = rewrite::flow(ip, &hdr);
+        let (out, next_hop) = match l3c.fib.lookup(hdr.dst, ecmp_hash(&flow, &hdr)) {
+            Decision::Forward { iface, next_hop } => (iface, next_hop),
+            Decision::NoRoute | Decision::Reject(_) => {
+                self.drops.count_drop(DropReason::NoRoute);
+                return true;
+            }
+        };
+        let out_ifc = &l3c.interfaces[out];
+        let len = ETH_HEADER_LEN + hdr.total_len;
+        if hdr.total_len > out_ifc.mtu as usize || len > MAX_FRAME {
+            // The host stack's MTU is the smallest interface's: only a bad route gets here.
+            self.drops.count_drop(DropReason::MtuExceeded);
+            return true;
+        }
+        let mut frame = [0u8; MAX_FRAME];
+        frame[6..12].copy_from_slice(&out_ifc.mac);
+        frame[12..14].copy_from_slice(&ETHERTYPE_IPV4.to_be_bytes());
+        frame[ETH_HEADER_LEN..len].copy_from_slice(&ip[..hdr.total_len]);
+        match st.nb.arp.resolve(next_hop, &frame[..len], now) {
+            Resolution::Known(mac) => {
+                frame[0..6].copy_from_slice(&mac);
+                send(&self.bridge, l3c, tx, out, &mac, &frame[..len])
+            }
+            Resolution::HeldSendRequest => {
+                st.nb.requests.push(next_hop);
+                true
+            }
+            Resolution::Held => true,
+            Resolution::Dropped(r) => {
+                self.drops.count_drop(r);
+                true
+            }
+        }
+    }
+
     fn tick(&mut self, now: Instant) {
         let shared = self.shared.clone();
         let mut st = shared.lock();
@@ -731,6 +808,7 @@ impl<H: Hook> NetworkFunction for Routed<H> {
     }
 
     fn process(&mut self, pkts: &mut [PacketBuf], verdicts: &mut [Verdict], now: Instant) {
+        self.now = now;
         let shared = self.shared.clone();
         let cfg = self.cfg.clone();
         let mut st = shared.lock();
@@ -744,12 +822,17 @@ impl<H: Hook> NetworkFunction for Routed<H> {
 
     fn poll_timeout(&self) -> Option<Instant> {
         // Before the first tick: due at once (`created` is before any `now` the engine
-        // passes; `Instant::now()` here would always be later and never come due).
+        // passes; `Instant::now()` here would always be later and never come due). The
+        // host stack's output is due at once too: the engine transmits after timers.
+        if self.shared.host.get().is_some_and(|h| h.has_output()) {
+            return Some(self.created);
+        }
         let t = self.next_tick.unwrap_or(self.created);
         Some(self.bridge.poll_timeout().map_or(t, |b| b.min(t)))
     }
 
     fn handle_timeout(&mut self, now: Instant) {
+        self.now = now;
         self.bridge.handle_timeout(now);
         if self.next_tick.is_none_or(|t| now >= t) {
             self.tick(now);
@@ -777,13 +860,23 @@ impl<H: Hook> NetworkFunction for Routed<H> {
             self.frag_ready.drain(..sent);
             self.frag_bufs[..].rotate_left(sent);
         }
-        if !self.shared.pending.load(Relaxed) {
+        let host = self.shared.host.get().filter(|h| h.has_output());
+        if !self.shared.pending.load(Relaxed) && host.is_none() {
             return;
         }
         let shared = self.shared.clone();
         let mut guard = shared.lock();
         let st = &mut *guard;
+        if let Some(h) = host {
+            // The engine calls this right after a batch or a timer.
+            let now = self.now;
+            h.take_output(HOST_BURST, |ip| self.originate(st, tx, ip, now));
+        }
         self.drain_neighbours(st, tx);
         shared.pending.store(st.nb.has_work(), Relaxed);
+    }
+
+    fn wake_fd(&self) -> Option<std::os::fd::RawFd> {
+        self.shared.host.get().map(|h| h.datapath_fd())
     }
 }

@@ -232,6 +232,7 @@ pub fn router<A: VnfApp>(shell: Arc<Shell<A>>) -> Router {
         .route("/config", get(config::<A>))
         .route("/reload", post(reload::<A>))
         .route("/state/{name}", get(state::<A>))
+        .route("/action/{name}", post(action::<A>))
         .with_state(shell)
 }
 
@@ -281,6 +282,22 @@ async fn state<A: VnfApp>(
             format!("no state report named `{name}`\n"),
         )
             .into_response(),
+    }
+}
+
+async fn action<A: VnfApp>(
+    State(shell): State<Arc<Shell<A>>>,
+    axum::extract::Path(name): axum::extract::Path<String>,
+    axum::extract::RawQuery(query): axum::extract::RawQuery,
+) -> Response {
+    let args = query.unwrap_or_default();
+    match shell.app.action(&name, &args) {
+        Some(Ok(text)) => {
+            info!(action = %name, args = %args, "admin action");
+            (StatusCode::OK, text).into_response()
+        }
+        Some(Err(text)) => (StatusCode::BAD_REQUEST, format!("{text}\n")).into_response(),
+        None => (StatusCode::NOT_FOUND, format!("no action named `{name}`\n")).into_response(),
     }
 }
 

@@ -99,6 +99,13 @@ pub trait VnfApp: Sized + Send + Sync + 'static {
     fn report(&self, _name: &str) -> Option<String> {
         None
     }
+
+    /// An operation at `POST /action/NAME?ARGS` (the load balancer's `drain`), with the
+    /// raw query string; `None` (404) for names the VNF does not have, `Err` (400) for bad
+    /// arguments. Run-time state only: the config file stays as it is.
+    fn action(&self, _name: &str, _args: &str) -> Option<Result<String, String>> {
+        None
+    }
 }
 
 /// Run VNF `A` as a daemon: the whole of a VNF's `main`.

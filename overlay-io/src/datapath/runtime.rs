@@ -386,6 +386,15 @@ fn worker_loop<NF, F>(
     }
     // Kernel drop counters of our receiving sockets, read once a second.
     let drop_fds: Vec<RawFd> = pollfds.iter().map(|p| p.fd).collect();
+    // The function's own wakeup (its host stack's output) is polled too; the function
+    // clears it when it sends (`handle_timeout` runs `poll_transmit` when due).
+    if let Some(fd) = engine.nf().wake_fd() {
+        pollfds.push(libc::pollfd {
+            fd,
+            events: libc::POLLIN,
+            revents: 0,
+        });
+    }
     let mut drops_seen: Vec<u32> = vec![0; drop_fds.len()];
     let mut next_drop_check = Instant::now();
     // A socket error repeats on every iteration (an interface gone down, say): log it
