@@ -219,8 +219,8 @@ impl LbState {
         PoolTable { table, members }
     }
 
-    /// Set a backend's health; rebuilds its pool's table when it changed. `false` if the
-    /// pool or backend is not in `cfg`.
+    /// Set a backend's health; rebuilds its pool's table when it changed. Whether it
+    /// changed (`false` too if the pool or backend is not in `cfg`).
     pub fn set_health(&mut self, cfg: &LbSettings, pool: &str, backend: &str, up: bool) -> bool {
         let Some((pi, p)) = cfg.pools.iter().enumerate().find(|(_, p)| p.name == pool) else {
             return false;
@@ -230,10 +230,11 @@ impl LbState {
         };
         self.health
             .insert((pool.to_owned(), backend.to_owned()), up);
-        if self.up[pi][bi] != up {
-            self.up[pi][bi] = up;
-            self.tables[pi] = self.build(pi, p);
+        if self.up[pi][bi] == up {
+            return false;
         }
+        self.up[pi][bi] = up;
+        self.tables[pi] = self.build(pi, p);
         true
     }
 

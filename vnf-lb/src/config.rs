@@ -260,7 +260,7 @@ pub struct RawLb {
     /// Most L4 connections tracked (default 1048576).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_connections: Option<usize>,
-    /// Most L7 client connections at once (default 10000).
+    /// Most L7 client connections at once (default 4096).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_proxy_connections: Option<usize>,
     /// L4 connection timeouts in seconds by name: `tcp_established` (7440),
@@ -534,7 +534,10 @@ fn check_cfg(h: &RawHealth, path: &str, errors: &mut Vec<ConfigError>) -> Option
 }
 
 fn is_prime(n: usize) -> bool {
-    n >= 2 && (2..).take_while(|d| d * d <= n).all(|d| !n.is_multiple_of(d))
+    n >= 2
+        && (2..)
+            .take_while(|d| d * d <= n)
+            .all(|d| !n.is_multiple_of(d))
 }
 
 /// The source address toward `dst`: the first address of the interface the route leaves
@@ -903,7 +906,7 @@ pub fn compile(raw: &RawConfig) -> Result<LbConfig, Vec<ConfigError>> {
     let pools = pools(raw, sections.as_ref().map(|s| &s.routed.l3), &mut errors);
     let services = services(raw, &pools, &mut errors);
     let nat = nat_config(&raw.lb, &mut errors);
-    let max_proxy_connections = raw.lb.max_proxy_connections.unwrap_or(10_000);
+    let max_proxy_connections = raw.lb.max_proxy_connections.unwrap_or(4096);
     if !(1..=1_000_000).contains(&max_proxy_connections) {
         errors.push(ConfigError::new(
             "lb.max_proxy_connections",

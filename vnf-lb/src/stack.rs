@@ -12,7 +12,7 @@
 //! sockets and state machines, start due health checks, sleep until the next packet or
 //! timer. Sans-IO state machines keep it simple: each holds its own buffers and timers.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, HashSet, VecDeque};
 use std::net::{Ipv4Addr, SocketAddrV4};
 use std::os::fd::RawFd;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
@@ -42,6 +42,10 @@ const SOCKET_BUF: usize = 32 * 1024;
 const IDLE: Duration = Duration::from_millis(100);
 /// How long a closing socket may linger before it is aborted.
 const LINGER: Duration = Duration::from_secs(30);
+/// Client handshakes in progress, all L7 services together; beyond, the oldest is dropped.
+const MAX_HALF_OPEN: usize = 1024;
+/// How long a client handshake may take.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// The L7 and health-check metrics, updated by the host thread.
 #[derive(Debug, Clone)]
@@ -62,6 +66,9 @@ pub struct HostMetrics {
     pub checks: IntCounterVec,
     /// `vnf_lb_proxy_refused_total{service}`: connections over `max_proxy_connections`.
     pub refused: IntCounterVec,
+    /// `vnf_lb_proxy_half_open_dropped_total{service}`: handshakes dropped (too many, or
+    /// too slow).
+    pub half_open_dropped: IntCounterVec,
 }
 
 impl HostMetrics {
@@ -128,6 +135,13 @@ impl HostMetrics {
                 ),
                 &["service"],
             )?,
+            half_open_dropped: IntCounterVec::new(
+                Opts::new(
+                    "vnf_lb_proxy_half_open_dropped_total",
+                    "Client handshakes of L7 services dropped unfinished: more than 1024 at once (oldest first) or slower than 5 s (a SYN flood shows here).",
+                ),
+                &["service"],
+            )?,
         };
         r.register(Box::new(m.responses.clone()))?;
         r.register(Box::new(m.latency.clone()))?;
@@ -137,6 +151,7 @@ impl HostMetrics {
         r.register(Box::new(m.proxy_bytes.clone()))?;
         r.register(Box::new(m.checks.clone()))?;
         r.register(Box::new(m.refused.clone()))?;
+        r.register(Box::new(m.half_open_dropped.clone()))?;
         Ok(m)
     }
 }
@@ -252,8 +267,13 @@ impl Drop for HostStack {
 /// A proxied client connection.
 #[derive(Debug)]
 struct Conn {
+    /// The config the connection was accepted under: its service and pool indices refer to
+    /// it (a reload may reorder both).
+    cfg: Arc<HostCfg>,
     service: usize,
     name: String,
+    /// Names of the backends this connection used, by the id given to the proxy.
+    backends: BTreeMap<usize, (String, String)>,
     conn: ProxyConn,
     client: SocketHandle,
     client_addr: SocketAddrV4,
@@ -268,6 +288,15 @@ struct BackendSock {
     port: u16,
     connected: bool,
     eof: bool,
+}
+
+/// A client connection whose handshake has not completed.
+#[derive(Debug)]
+struct HalfOpen {
+    cfg: Arc<HostCfg>,
+    service: usize,
+    handle: SocketHandle,
+    since: Instant,
 }
 
 /// A health check in flight.
@@ -305,6 +334,7 @@ struct Host {
     epoch: Instant,
     /// Listening sockets per service index.
     listeners: Vec<Vec<SocketHandle>>,
+    half_open: VecDeque<HalfOpen>,
     conns: Vec<Conn>,
     checks: Vec<Check>,
     checked: BTreeMap<(String, String), Checked>,
@@ -385,6 +415,7 @@ impl Host {
             sockets: SocketSet::new(Vec::new()),
             epoch,
             listeners: Vec::new(),
+            half_open: VecDeque::new(),
             conns: Vec::new(),
             checks: Vec::new(),
             checked: BTreeMap::new(),
@@ -469,21 +500,19 @@ impl Host {
 
     fn publish_health(&self) {
         let lb = &self.current.lb;
-        let st = self.shared.lock();
         let mut out = Vec::new();
-        for (pi, p) in lb.pools.iter().enumerate() {
-            for (bi, b) in p.backends.iter().enumerate() {
+        for p in &lb.pools {
+            for b in &p.backends {
                 let c = self.checked.get(&(p.name.clone(), b.name.clone()));
                 out.push(BackendHealth {
                     pool: p.name.clone(),
                     backend: b.name.clone(),
                     addr: b.addr,
-                    up: st.ext.is_up(pi, bi),
+                    up: c.is_none_or(|c| c.checked_once && c.tracker.is_up()),
                     last_failure: c.and_then(|c| c.last_failure.clone()),
                 });
             }
         }
-        drop(st);
         *self
             .health_out
             .lock()
@@ -596,7 +625,10 @@ impl Host {
         moved
     }
 
-    /// Turn listeners that got a connection into proxied connections.
+    /// Listeners that got a SYN become half-open connections (a fresh listener takes
+    /// their place); half-open connections that complete the handshake become proxied
+    /// connections. Half-open ones are bounded in number and age, oldest dropped first, so
+    /// that a SYN flood cannot hold every listener or the connection cap.
     fn accept(&mut self, now: Instant) -> bool {
         let mut moved = false;
         let cfg = self.current.clone();
@@ -604,60 +636,105 @@ impl Host {
             let Some(svc) = cfg.lb.services.get(si) else {
                 continue;
             };
-            let ServiceKind::L7(http) = &svc.kind else {
-                continue;
-            };
             for h in hs.iter_mut() {
-                let sock = self.sockets.get_mut::<tcp::Socket>(*h);
-                if sock.state() == tcp::State::Listen {
+                if self.sockets.get::<tcp::Socket>(*h).state() == tcp::State::Listen {
                     continue;
                 }
                 moved = true;
-                let client = sock.remote_endpoint();
-                let accepted = *h;
-                // A fresh listener takes its place.
+                self.half_open.push_back(HalfOpen {
+                    cfg: cfg.clone(),
+                    service: si,
+                    handle: *h,
+                    since: now,
+                });
                 let mut l = new_socket();
                 let _ = l.listen(IpListenEndpoint {
                     addr: Some(IpAddress::Ipv4(svc.vip)),
                     port: svc.port,
                 });
                 *h = self.sockets.add(l);
-                let client = match client {
-                    Some(IpEndpoint {
-                        addr: IpAddress::Ipv4(a),
-                        port,
-                    }) => SocketAddrV4::new(a, port),
-                    _ => {
-                        self.sockets.get_mut::<tcp::Socket>(accepted).abort();
-                        self.closing.push((accepted, now + LINGER, None));
-                        continue;
-                    }
-                };
-                if self.conns.len() >= cfg.lb.max_proxy_connections {
-                    self.metrics.refused.with_label_values(&[&svc.name]).inc();
-                    self.sockets.get_mut::<tcp::Socket>(accepted).abort();
-                    self.closing.push((accepted, now + LINGER, None));
+            }
+        }
+        while self.half_open.len() > MAX_HALF_OPEN
+            || self
+                .half_open
+                .front()
+                .is_some_and(|h| now.saturating_duration_since(h.since) >= HANDSHAKE_TIMEOUT)
+        {
+            let Some(h) = self.half_open.pop_front() else {
+                break;
+            };
+            if let Some(svc) = h.cfg.lb.services.get(h.service) {
+                self.metrics
+                    .half_open_dropped
+                    .with_label_values(&[&svc.name])
+                    .inc();
+            }
+            self.abort(h.handle, None);
+        }
+        let mut k = 0;
+        while k < self.half_open.len() {
+            let h = &self.half_open[k];
+            let sock = self.sockets.get_mut::<tcp::Socket>(h.handle);
+            match sock.state() {
+                tcp::State::SynReceived => {
+                    k += 1;
                     continue;
                 }
-                let tls = if http.https { cfg.tls.clone() } else { None };
-                self.metrics
-                    .proxy_total
-                    .with_label_values(&[&svc.name])
-                    .inc();
-                self.metrics
-                    .proxy_active
-                    .with_label_values(&[&svc.name])
-                    .inc();
-                self.conns.push(Conn {
-                    service: si,
-                    name: svc.name.clone(),
-                    conn: ProxyConn::new(http.clone(), tls, client, now),
-                    client: accepted,
-                    client_addr: client,
-                    client_eof: false,
-                    backend: None,
-                });
+                tcp::State::Closed | tcp::State::TimeWait => {
+                    let handle = h.handle;
+                    self.half_open.remove(k);
+                    self.sockets.remove(handle);
+                    continue;
+                }
+                _ => {}
             }
+            moved = true;
+            let client = sock.remote_endpoint();
+            let Some(h) = self.half_open.remove(k) else {
+                break;
+            };
+            let (
+                Some(svc),
+                Some(IpEndpoint {
+                    addr: IpAddress::Ipv4(a),
+                    port,
+                }),
+            ) = (h.cfg.lb.services.get(h.service), client)
+            else {
+                self.abort(h.handle, None);
+                continue;
+            };
+            let ServiceKind::L7(http) = &svc.kind else {
+                self.abort(h.handle, None);
+                continue;
+            };
+            if self.conns.len() >= h.cfg.lb.max_proxy_connections {
+                self.metrics.refused.with_label_values(&[&svc.name]).inc();
+                self.abort(h.handle, None);
+                continue;
+            }
+            let tls = if http.https { h.cfg.tls.clone() } else { None };
+            self.metrics
+                .proxy_total
+                .with_label_values(&[&svc.name])
+                .inc();
+            self.metrics
+                .proxy_active
+                .with_label_values(&[&svc.name])
+                .inc();
+            let client = SocketAddrV4::new(a, port);
+            self.conns.push(Conn {
+                conn: ProxyConn::new(http.clone(), tls, client, now),
+                name: svc.name.clone(),
+                service: h.service,
+                cfg: h.cfg,
+                backends: BTreeMap::new(),
+                client: h.handle,
+                client_addr: client,
+                client_eof: false,
+                backend: None,
+            });
         }
         moved
     }
@@ -691,8 +768,9 @@ impl Host {
     }
 
     fn record_events(&mut self, i: usize) {
-        let lb = &self.current.lb;
-        let name = self.conns[i].name.clone();
+        let c = &self.conns[i];
+        let lb = &c.cfg.lb;
+        let name = c.name.clone();
         for e in self.events.drain(..) {
             match e {
                 Event::Request {
@@ -703,11 +781,10 @@ impl Host {
                     bytes_in,
                     bytes_out,
                 } => {
-                    let p = lb.pools.get(pool);
-                    let pname = p.map_or("", |p| p.name.as_str());
+                    let pname = lb.pools.get(pool).map_or("", |p| p.name.as_str());
                     let bname = backend
-                        .and_then(|b| p.and_then(|p| p.backends.get(b)))
-                        .map_or("", |b| b.name.as_str());
+                        .and_then(|b| c.backends.get(&b))
+                        .map_or("", |(_, b)| b.as_str());
                     self.metrics
                         .responses
                         .with_label_values(&[&name, pname, bname, class(status)])
@@ -859,9 +936,12 @@ impl Host {
     }
 
     fn open_backend(&mut self, i: usize, pool: usize, now: Instant) {
-        let cfg = self.current.clone();
         let c = &self.conns[i];
-        let svc = &cfg.lb.services[c.service];
+        let Some(svc) = c.cfg.lb.services.get(c.service) else {
+            self.conns[i].conn.backend_unavailable(now);
+            return;
+        };
+        let pool_name = c.cfg.lb.pools.get(pool).map(|p| p.name.clone());
         let client = c.client_addr;
         let hash = match svc.affinity {
             Affinity::ClientIp => maglev::flow_hash((*client.ip()).into(), 0, svc.vip.into(), 0, 0),
@@ -873,25 +953,36 @@ impl Host {
                 6,
             ),
         };
+        // The pool by name in the config the datapath applies (its tables and health),
+        // which may be newer than the connection's.
         let chosen = {
             let mut st = self.shared.lock();
-            let b = st.ext.pick(pool, hash);
-            if let Some(b) = b
-                && let Some(slot) = st.ext.backend_slot(pool, b)
-                && let Some(s) = st.ext.backends.get_mut(slot)
-            {
-                s.connections += 1;
-            }
-            b
+            let applied = st.applied().clone();
+            applied
+                .ext
+                .pools
+                .iter()
+                .position(|p| Some(&p.name) == pool_name.as_ref())
+                .and_then(|pi| {
+                    let b = st.ext.pick(pi, hash)?;
+                    if let Some(slot) = st.ext.backend_slot(pi, b)
+                        && let Some(s) = st.ext.backends.get_mut(slot)
+                    {
+                        s.connections += 1;
+                    }
+                    let be = &applied.ext.pools[pi].backends[b];
+                    Some((b, be.name.clone(), be.source, be.addr))
+                })
         };
-        let Some(b) = chosen else {
+        let Some((b, bname, source, addr)) = chosen else {
             self.conns[i].conn.backend_unavailable(now);
             return;
         };
-        let be = &cfg.lb.pools[pool].backends[b];
-        match self.connect(be.source, be.addr) {
+        match self.connect(source, addr) {
             Some((handle, port)) => {
-                self.conns[i].backend = Some(BackendSock {
+                let c = &mut self.conns[i];
+                c.backends.insert(b, (pool_name.unwrap_or_default(), bname));
+                c.backend = Some(BackendSock {
                     handle,
                     backend: b,
                     port,
@@ -1046,10 +1137,8 @@ impl Host {
         let up = matches!(t, Transition::Up);
         let changed = {
             let mut st = self.shared.lock();
-            let was = st.ext.is_up(pool, backend);
-            let cfg_now = st.applied().clone();
-            st.ext.set_health(&cfg_now.ext, &p.name, &b.name, up);
-            was != up
+            let applied = st.applied().clone();
+            st.ext.set_health(&applied.ext, &p.name, &b.name, up)
         };
         if changed {
             if up {
