@@ -72,6 +72,8 @@ use hashbrown::HashMap;
 
 type Map<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
 
+/// Sessions a new one may drop early to find a free port in its pool.
+const EARLY_DROP_TRIES: usize = 16;
 /// Slots in the timing wheel; one slot per second, so about 2 h 16 min per turn.
 const WHEEL_SLOTS: u32 = 8192;
 
@@ -277,6 +279,11 @@ pub struct NatConfig {
     pub timeouts: Timeouts,
     /// Wheel entries [`NatTable::expire`] examines per call, at least 1.
     pub expire_budget: usize,
+    /// When a new session finds the table, the tenant's share or the pool full, drop the
+    /// oldest TCP session whose handshake never completed to make room (as conntrack's
+    /// early drop does), so that a SYN flood from forged sources cannot hold every port
+    /// (the load balancer turns it on; off by default: a router refuses instead).
+    pub early_drop: bool,
 }
 
 impl Default for NatConfig {
@@ -286,6 +293,7 @@ impl Default for NatConfig {
             max_sessions_per_tenant: 1 << 16,
             timeouts: Timeouts::default(),
             expire_budget: 4096,
+            early_drop: false,
         }
     }
 }
@@ -375,6 +383,8 @@ pub struct NatStats {
     pub table_full: u64,
     /// Flows refused for [`NatError::Conflict`], ever.
     pub conflicts: u64,
+    /// Sessions dropped early to make room for new ones, ever ([`NatConfig::early_drop`]).
+    pub early_drops: u64,
 }
 
 /// Used ports of one (external address, protocol): a bitmap over all 65536 ports and a
@@ -477,6 +487,10 @@ pub struct NatTable {
     wheel_tick: u32,
     origin: Option<Instant>,
     stats: NatStats,
+    /// TCP sessions in creation order: early drop candidates while their handshake is
+    /// not complete. Entries of sessions that ended or completed are skipped and dropped
+    /// when they reach the front.
+    embryonic: std::collections::VecDeque<(u32, u32)>,
 }
 
 impl NatTable {
@@ -494,6 +508,7 @@ impl NatTable {
             wheel_tick: 0,
             origin: None,
             stats: NatStats::default(),
+            embryonic: std::collections::VecDeque::new(),
         }
     }
 
@@ -686,6 +701,7 @@ impl NatTable {
     /// Remove timed-out sessions, examining at most `expire_budget` wheel entries; returns
     /// how many were removed. Call it again if it returned the budget's worth.
     pub fn expire(&mut self, now: Instant) -> usize {
+        self.prune_embryonic();
         let now_tick = self.tick_of(now);
         if now_tick.saturating_sub(self.wheel_tick) >= WHEEL_SLOTS {
             // Every slot is visited once in the last turn; nothing is lost by skipping.
@@ -772,17 +788,30 @@ impl NatTable {
         if let Some((t, _)) = self.lookup(&key, now) {
             return Ok(t);
         }
-        let refused = if self.stats.sessions >= self.cfg.max_sessions {
-            self.stats.table_full += 1;
-            Some(NatError::TableFull)
-        } else if self.tenant_sessions(tenant) >= self.cfg.max_sessions_per_tenant {
-            self.stats.tenant_cap_reached += 1;
-            Some(NatError::TenantCapReached)
-        } else {
-            None
+        let refused = loop {
+            let full = if self.stats.sessions >= self.cfg.max_sessions {
+                Some(NatError::TableFull)
+            } else if self.tenant_sessions(tenant) >= self.cfg.max_sessions_per_tenant {
+                Some(NatError::TenantCapReached)
+            } else {
+                None
+            };
+            // Any embryonic session frees a table slot; the tenant's share needs one of
+            // the tenant's, which the bounded tries may not find.
+            if full.is_none() || !self.early_drop_one() {
+                break full;
+            }
         };
-        if let Some(err) = refused {
-            return Err(err);
+        match refused {
+            Some(NatError::TableFull) => {
+                self.stats.table_full += 1;
+                return Err(NatError::TableFull);
+            }
+            Some(e) => {
+                self.stats.tenant_cap_reached += 1;
+                return Err(e);
+            }
+            None => {}
         }
 
         let mut translated = key;
@@ -792,7 +821,15 @@ impl NatTable {
         let mut holds_port = false;
         let kind = match snat {
             Some(SnatRule::Masquerade(pool)) => {
-                let Some(src) = self.map_source(key.proto, key.src, pool) else {
+                let mut src = self.map_source(key.proto, key.src, pool);
+                // A dropped session frees a port of this pool only if it held one there:
+                // try a few.
+                let mut tries = 0;
+                while src.is_none() && tries < EARLY_DROP_TRIES && self.early_drop_one() {
+                    tries += 1;
+                    src = self.map_source(key.proto, key.src, pool);
+                }
+                let Some(src) = src else {
                     self.stats.pool_exhausted += 1;
                     return Err(NatError::PoolExhausted);
                 };
@@ -854,6 +891,9 @@ impl NatTable {
         let tick = self.tick_of(now + timeout(&self.cfg.timeouts, &session));
         self.schedule(index, tick);
         let generation = self.slots[index as usize].generation;
+        if self.cfg.early_drop && key.proto == Proto::Tcp {
+            self.embryonic.push_back((index, generation));
+        }
         let session = SessionId { index, generation };
         Ok(Translation {
             src: translated.src,
@@ -861,6 +901,48 @@ impl NatTable {
             kind,
             session,
         })
+    }
+
+    /// Whether the embryonic queue's entry is a live TCP session still in its handshake.
+    fn is_embryonic(&self, (index, generation): (u32, u32)) -> bool {
+        self.slots.get(index as usize).is_some_and(|slot| {
+            slot.generation == generation
+                && slot
+                    .session
+                    .as_ref()
+                    .is_some_and(|s| s.original.proto == Proto::Tcp && s.tcp == TcpState::New)
+        })
+    }
+
+    /// Drop the oldest session whose TCP handshake never completed; `false` if there is
+    /// none (or early drop is off).
+    fn early_drop_one(&mut self) -> bool {
+        if !self.cfg.early_drop {
+            return false;
+        }
+        while let Some(e) = self.embryonic.pop_front() {
+            if self.is_embryonic(e) {
+                self.remove(e.0);
+                self.stats.early_drops += 1;
+                return true;
+            }
+        }
+        false
+    }
+
+    /// Keep the embryonic queue short: drop entries at its front that are no longer
+    /// candidates and, if it still holds far more entries than sessions, all of those.
+    fn prune_embryonic(&mut self) {
+        while let Some(&e) = self.embryonic.front() {
+            if self.is_embryonic(e) {
+                break;
+            }
+            self.embryonic.pop_front();
+        }
+        if self.embryonic.len() > 2 * self.stats.sessions + 1024 {
+            let q = std::mem::take(&mut self.embryonic);
+            self.embryonic = q.into_iter().filter(|&e| self.is_embryonic(e)).collect();
+        }
     }
 
     /// The external endpoint of an internal one: its existing mapping, or a new port.
@@ -1133,6 +1215,63 @@ mod tests {
         assert!(nat.session(long).is_some());
         assert_eq!(nat.expire(t0 + Duration::from_secs(7441)), 1);
         assert!(nat.is_empty());
+    }
+
+    /// A SYN flood from forged sources holds every port of a small pool; with early drop a
+    /// new flow takes the port of the oldest session whose handshake never completed, and
+    /// completed connections are never dropped. Without it, the new flow is refused.
+    #[test]
+    fn early_drop_frees_ports_held_by_unfinished_handshakes() {
+        let now = Instant::now();
+        let rule = masq(2000..=2003);
+        let syn = TcpFlags::SYN;
+        let ack = TcpFlags::ACK;
+        for early_drop in [false, true] {
+            let mut nat = NatTable::new(NatConfig {
+                early_drop,
+                ..NatConfig::default()
+            });
+            // One real connection completes its handshake.
+            let real = flow(Proto::Tcp, (host(1), 1000), (REMOTE, 80));
+            let t = nat.translate_outbound(0, real, &rule, now).unwrap();
+            nat.observe_tcp(t.session, Direction::Original, syn, now);
+            nat.lookup(&reply_of(&real, &t), now).unwrap();
+            nat.observe_tcp(t.session, Direction::Reply, syn | ack, now);
+            nat.observe_tcp(t.session, Direction::Original, ack, now);
+            assert_eq!(nat.session(t.session).unwrap().tcp, TcpState::Established);
+            // Three forged SYNs take the other ports.
+            for i in 0..3 {
+                let k = flow(Proto::Tcp, (host(10 + i), 5000), (REMOTE, 80));
+                let t = nat.translate_outbound(0, k, &rule, now).unwrap();
+                nat.observe_tcp(t.session, Direction::Original, syn, now);
+            }
+            let new = flow(Proto::Tcp, (host(50), 6000), (REMOTE, 80));
+            let r = nat.translate_outbound(0, new, &rule, now);
+            if early_drop {
+                assert!(r.is_ok(), "{r:?}");
+                assert_eq!(nat.stats().early_drops, 1);
+                assert!(nat.lookup(&real, now).is_some(), "the connection stays");
+                let first = flow(Proto::Tcp, (host(10), 5000), (REMOTE, 80));
+                assert!(nat.lookup(&first, now).is_none(), "the oldest SYN went");
+                // Only TCP sessions in their handshake go: UDP flows are never dropped.
+                let mut udp = NatTable::new(NatConfig {
+                    early_drop: true,
+                    ..NatConfig::default()
+                });
+                for i in 0..4 {
+                    let k = flow(Proto::Udp, (host(i), 1), (REMOTE, 53));
+                    udp.translate_outbound(0, k, &rule, now).unwrap();
+                }
+                let k = flow(Proto::Udp, (host(9), 1), (REMOTE, 53));
+                assert_eq!(
+                    udp.translate_outbound(0, k, &rule, now),
+                    Err(NatError::PoolExhausted)
+                );
+            } else {
+                assert_eq!(r, Err(NatError::PoolExhausted));
+                assert_eq!(nat.stats().early_drops, 0);
+            }
+        }
     }
 
     #[test]

@@ -877,6 +877,8 @@ fn nat_config(raw: &RawLb, errors: &mut Vec<ConfigError>) -> NatConfig {
         max_sessions: max,
         max_sessions_per_tenant: max,
         timeouts: t,
+        // A SYN flood must not hold every full-NAT port or table slot.
+        early_drop: true,
         ..NatConfig::default()
     }
 }

@@ -215,6 +215,11 @@ impl LbCollector {
             "L4 connections tracked (all services, closing ones included).",
         )?;
         tracked.set(stats.sessions as i64);
+        let early = prometheus::IntCounter::new(
+            "vnf_lb_early_drops_total",
+            "L4 connections whose TCP handshake never completed, dropped to make room for new flows (a SYN flood shows here).",
+        )?;
+        early.inc_by(stats.early_drops);
         for c in [
             Box::new(up) as Box<dyn Collector>,
             Box::new(eligible),
@@ -227,6 +232,7 @@ impl LbCollector {
             Box::new(no_backend),
             Box::new(refused),
             Box::new(tracked),
+            Box::new(early),
         ] {
             out.extend(c.collect());
         }

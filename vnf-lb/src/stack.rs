@@ -22,7 +22,9 @@ use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
 use prometheus::{HistogramOpts, HistogramVec, IntCounterVec, IntGaugeVec, Opts, Registry};
-use smoltcp::iface::{Config as IfaceConfig, Interface, SocketHandle, SocketSet};
+use smoltcp::iface::{
+    Config as IfaceConfig, Interface, PollIngressSingleResult, SocketHandle, SocketSet,
+};
 use smoltcp::socket::tcp;
 use smoltcp::wire::{HardwareAddress, IpAddress, IpCidr, IpEndpoint, IpListenEndpoint};
 
@@ -44,6 +46,8 @@ const IDLE: Duration = Duration::from_millis(100);
 const LINGER: Duration = Duration::from_secs(30);
 /// Client handshakes in progress, all L7 services together; beyond, the oldest is dropped.
 const MAX_HALF_OPEN: usize = 1024;
+/// Packets the host stack takes in before it sends (a bound on one pass).
+const INGRESS_BURST: usize = 256;
 /// How long a client handshake may take.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -571,14 +575,12 @@ impl Host {
             self.link.clear_host_wake();
             // Poll, pump, poll again so that what the state machines wrote leaves now.
             for _ in 0..4 {
-                let t = ts(self.epoch, Instant::now());
-                self.iface.poll(t, &mut self.dev, &mut self.sockets);
+                self.poll_iface();
                 if !self.pump(Instant::now()) {
                     break;
                 }
             }
-            let t = ts(self.epoch, Instant::now());
-            self.iface.poll(t, &mut self.dev, &mut self.sockets);
+            self.poll_iface();
             let wait = self.next_wakeup(Instant::now());
             let mut p = libc::pollfd {
                 fd,
@@ -588,6 +590,28 @@ impl Host {
             // SAFETY: one live pollfd.
             unsafe { libc::poll(&mut p, 1, wait.as_millis().clamp(0, 1000) as i32) };
         }
+    }
+
+    /// Run the interface: received packets one at a time, so that a listener taken by a
+    /// SYN is replaced before the next packet (smoltcp resets a SYN that finds no
+    /// listener: a burst of SYNs would otherwise reset clients), then what is due out.
+    fn poll_iface(&mut self) {
+        let now = Instant::now();
+        let t = ts(self.epoch, now);
+        self.iface.poll_maintenance(t);
+        for _ in 0..INGRESS_BURST {
+            match self
+                .iface
+                .poll_ingress_single(t, &mut self.dev, &mut self.sockets)
+            {
+                PollIngressSingleResult::None => break,
+                PollIngressSingleResult::PacketProcessed => {}
+                PollIngressSingleResult::SocketStateChanged => {
+                    self.rearm(now);
+                }
+            }
+        }
+        self.iface.poll_egress(t, &mut self.dev, &mut self.sockets);
     }
 
     fn next_wakeup(&mut self, now: Instant) -> Duration {
@@ -625,11 +649,9 @@ impl Host {
         moved
     }
 
-    /// Listeners that got a SYN become half-open connections (a fresh listener takes
-    /// their place); half-open connections that complete the handshake become proxied
-    /// connections. Half-open ones are bounded in number and age, oldest dropped first, so
-    /// that a SYN flood cannot hold every listener or the connection cap.
-    fn accept(&mut self, now: Instant) -> bool {
+    /// Listeners that got a SYN become half-open connections, and a fresh listener takes
+    /// each one's place; `true` if any did.
+    fn rearm(&mut self, now: Instant) -> bool {
         let mut moved = false;
         let cfg = self.current.clone();
         for (si, hs) in self.listeners.iter_mut().enumerate() {
@@ -655,6 +677,15 @@ impl Host {
                 *h = self.sockets.add(l);
             }
         }
+        moved
+    }
+
+    /// Listeners that got a SYN become half-open connections (a fresh listener takes
+    /// their place); half-open connections that complete the handshake become proxied
+    /// connections. Half-open ones are bounded in number and age, oldest dropped first, so
+    /// that a SYN flood cannot hold every listener or the connection cap.
+    fn accept(&mut self, now: Instant) -> bool {
+        let mut moved = self.rearm(now);
         while self.half_open.len() > MAX_HALF_OPEN
             || self
                 .half_open
