@@ -13,7 +13,10 @@
 use std::net::Ipv4Addr;
 
 use crate::ipv4::Header;
-use crate::nat::{Endpoint, FiveTuple, Proto};
+use crate::nat::{
+    Direction, Endpoint, FiveTuple, NatError, NatTable, Proto, SessionId, TcpFlags, Translation,
+};
+use crate::pipeline::DropReason;
 
 const TCP: u8 = 6;
 const UDP: u8 = 17;
@@ -274,6 +277,118 @@ pub fn rewrite_icmp_error(
         }
     }
     put16(icmp, 2, c);
+}
+
+/// How to rewrite one packet, decided from a NAT session before the packet is routed and
+/// applied after ([`NatPlan::apply`]): what the router's NAT and the load balancer share.
+#[derive(Debug, Clone, Copy)]
+pub enum NatPlan {
+    /// A packet of a translated flow, in either direction.
+    Tuple {
+        /// The packet's key as received.
+        key: FiveTuple,
+        /// Its source after the rewrite.
+        src: Endpoint,
+        /// Its destination after the rewrite.
+        dst: Endpoint,
+        /// The session, for TCP state.
+        session: SessionId,
+        /// The packet's direction in the session.
+        dir: Direction,
+        /// Its TCP flags byte.
+        tcp_flags: u8,
+    },
+    /// An ICMP error about a translated flow (RFC 5508 §7).
+    IcmpError {
+        /// The quoted packet's key as received.
+        quoted: FiveTuple,
+        /// The error's destination after the rewrite.
+        outer_dst: Ipv4Addr,
+        /// The quoted source after the rewrite.
+        inner_src: Endpoint,
+        /// The quoted destination after the rewrite.
+        inner_dst: Endpoint,
+    },
+}
+
+impl NatPlan {
+    /// The plan for a packet with key `key` that `t` translates.
+    pub fn tuple(key: FiveTuple, t: Translation, dir: Direction, tcp_flags: u8) -> NatPlan {
+        NatPlan::Tuple {
+            key,
+            src: t.src,
+            dst: t.dst,
+            session: t.session,
+            dir,
+            tcp_flags,
+        }
+    }
+
+    /// The plan for an ICMP error quoting `quoted`, whose session's reply direction
+    /// (the lookup of `quoted.reversed()`) gave `t`.
+    pub fn icmp_error(quoted: FiveTuple, t: Translation) -> NatPlan {
+        NatPlan::IcmpError {
+            quoted,
+            outer_dst: t.dst.addr,
+            inner_src: t.dst,
+            inner_dst: t.src,
+        }
+    }
+
+    /// Where the packet goes after the rewrite: the address to route.
+    pub fn dst(&self) -> Ipv4Addr {
+        match self {
+            NatPlan::Tuple { dst, .. } => dst.addr,
+            NatPlan::IcmpError { outer_dst, .. } => *outer_dst,
+        }
+    }
+
+    /// Rewrite the packet, and give the session a TCP segment's flags; the session and
+    /// direction of a flow's packet, for the caller's own accounting.
+    pub fn apply(
+        self,
+        table: &mut NatTable,
+        ip: &mut [u8],
+        hdr: &Header,
+        now: std::time::Instant,
+    ) -> Option<(SessionId, Direction)> {
+        match self {
+            NatPlan::Tuple {
+                key,
+                src,
+                dst,
+                session,
+                dir,
+                tcp_flags,
+            } => {
+                rewrite(ip, hdr, &key, src, dst);
+                if key.proto == Proto::Tcp {
+                    table.observe_tcp(session, dir, TcpFlags::from_bits(tcp_flags), now);
+                }
+                Some((session, dir))
+            }
+            NatPlan::IcmpError {
+                quoted,
+                outer_dst,
+                inner_src,
+                inner_dst,
+            } => {
+                rewrite_icmp_error(ip, hdr, &quoted, outer_dst, inner_src, inner_dst);
+                None
+            }
+        }
+    }
+}
+
+impl From<NatError> for DropReason {
+    fn from(e: NatError) -> DropReason {
+        match e {
+            NatError::PoolExhausted => DropReason::NatPoolExhausted,
+            NatError::TenantCapReached => DropReason::NatCapReached,
+            NatError::TableFull => DropReason::NatTableFull,
+            NatError::Conflict => DropReason::NatConflict,
+        }
+    }
 }
 
 #[cfg(test)]

@@ -24,11 +24,9 @@ use std::time::Instant;
 use overlay_io::icmp::IcmpError;
 use overlay_io::ipv4::Header;
 use overlay_io::metrics::WorkerCounters;
-use overlay_io::nat::{
-    Direction, Endpoint, FiveTuple, NatError, NatTable, Proto, SessionId, TcpFlags, TcpState,
-};
+use overlay_io::nat::{Direction, Endpoint, FiveTuple, NatTable, Proto, TcpState};
 use overlay_io::pipeline::{DropReason, NetworkFunction, PortId, Transmit, Verdict};
-use overlay_io::rewrite::{self, Flow};
+use overlay_io::rewrite::{Flow, NatPlan};
 use overlay_io::routed::{self, Hook, PacketCx, RoutedConfig, Step};
 
 use crate::config::{Affinity, HOST_PORTS, LbSettings, Mode, PoolCfg, ServiceKind};
@@ -317,38 +315,10 @@ impl LbState {
     }
 }
 
-/// A rewrite decided before routing.
-#[derive(Debug, Clone, Copy)]
-enum Plan {
-    Tuple {
-        key: FiveTuple,
-        src: Endpoint,
-        dst: Endpoint,
-        session: SessionId,
-        dir: Direction,
-        tcp_flags: u8,
-    },
-    IcmpError {
-        quoted: FiveTuple,
-        outer_dst: Ipv4Addr,
-        inner_src: Endpoint,
-        inner_dst: Endpoint,
-    },
-}
-
 /// The hook, per worker: the plan for the packet in hand.
 #[derive(Debug, Default)]
 pub struct Balancer {
-    plan: Option<Plan>,
-}
-
-fn nat_drop(e: NatError) -> DropReason {
-    match e {
-        NatError::PoolExhausted => DropReason::NatPoolExhausted,
-        NatError::TenantCapReached => DropReason::NatCapReached,
-        NatError::TableFull => DropReason::NatTableFull,
-        NatError::Conflict => DropReason::NatConflict,
-    }
+    plan: Option<NatPlan>,
 }
 
 /// A refusal as a host would answer: RST for TCP, port unreachable for UDP.
@@ -416,19 +386,12 @@ impl Balancer {
                 };
                 st.services[slot].connections += 1;
                 st.backends[bslot].connections += 1;
-                self.plan = Some(Plan::Tuple {
-                    key,
-                    src: t.src,
-                    dst: t.dst,
-                    session: t.session,
-                    dir: Direction::Original,
-                    tcp_flags,
-                });
+                self.plan = Some(NatPlan::tuple(key, t, Direction::Original, tcp_flags));
                 Step::Continue
             }
             Err(e) => {
                 st.services[slot].refused += 1;
-                Step::Drop(nat_drop(e))
+                Step::Drop(e.into())
             }
         }
     }
@@ -469,14 +432,7 @@ impl Hook for Balancer {
         match *p.flow {
             Flow::Tuple { key, tcp_flags } => {
                 if let Some((t, dir)) = st.table.lookup(&key, now) {
-                    self.plan = Some(Plan::Tuple {
-                        key,
-                        src: t.src,
-                        dst: t.dst,
-                        session: t.session,
-                        dir,
-                        tcp_flags,
-                    });
+                    self.plan = Some(NatPlan::tuple(key, t, dir, tcp_flags));
                 } else if let Some(svc) = lb.service(key.dst.addr, key.proto, key.dst.port)
                     && !lb.services[svc].is_l7()
                 {
@@ -490,20 +446,13 @@ impl Hook for Balancer {
             }
             Flow::IcmpError { quoted } => {
                 if let Some((t, _)) = st.table.lookup(&quoted.reversed(), now) {
-                    self.plan = Some(Plan::IcmpError {
-                        quoted,
-                        outer_dst: t.dst.addr,
-                        inner_src: t.dst,
-                        inner_dst: t.src,
-                    });
+                    self.plan = Some(NatPlan::icmp_error(quoted, t));
                 }
             }
             Flow::Other => {}
         }
-        match &self.plan {
-            Some(Plan::Tuple { dst: d, .. }) => *dst = d.addr,
-            Some(Plan::IcmpError { outer_dst, .. }) => *dst = *outer_dst,
-            None => {}
+        if let Some(plan) = &self.plan {
+            *dst = plan.dst();
         }
         Step::Continue
     }
@@ -530,43 +479,26 @@ impl Hook for Balancer {
     }
 
     fn rewrite(&mut self, st: &mut LbState, ip: &mut [u8], hdr: &Header, now: Instant) {
-        match self.plan.take() {
-            Some(Plan::Tuple {
-                key,
-                src,
-                dst,
-                session,
-                dir,
-                tcp_flags,
-            }) => {
-                rewrite::rewrite(ip, hdr, &key, src, dst);
-                if key.proto == Proto::Tcp {
-                    st.table
-                        .observe_tcp(session, dir, TcpFlags::from_bits(tcp_flags), now);
+        let Some(plan) = self.plan.take() else {
+            return;
+        };
+        let Some((session, dir)) = plan.apply(&mut st.table, ip, hdr, now) else {
+            return;
+        };
+        if let Some(m) = st.meta.get(session.index() as usize)
+            && let Some(b) = st.backends.get_mut(m.backend as usize)
+        {
+            let len = hdr.total_len as u64;
+            match dir {
+                Direction::Original => {
+                    b.packets_in += 1;
+                    b.bytes_in += len;
                 }
-                if let Some(m) = st.meta.get(session.index() as usize)
-                    && let Some(b) = st.backends.get_mut(m.backend as usize)
-                {
-                    let len = hdr.total_len as u64;
-                    match dir {
-                        Direction::Original => {
-                            b.packets_in += 1;
-                            b.bytes_in += len;
-                        }
-                        Direction::Reply => {
-                            b.packets_out += 1;
-                            b.bytes_out += len;
-                        }
-                    }
+                Direction::Reply => {
+                    b.packets_out += 1;
+                    b.bytes_out += len;
                 }
             }
-            Some(Plan::IcmpError {
-                quoted,
-                outer_dst,
-                inner_src,
-                inner_dst,
-            }) => rewrite::rewrite_icmp_error(ip, hdr, &quoted, outer_dst, inner_src, inner_dst),
-            None => {}
         }
     }
 

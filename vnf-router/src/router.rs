@@ -19,11 +19,9 @@ use overlay_io::buf::PacketBuf;
 use overlay_io::ipv4::Header;
 use overlay_io::l3::L3Gauges;
 use overlay_io::metrics::WorkerCounters;
-use overlay_io::nat::{
-    Direction, Endpoint, FiveTuple, NatError, NatTable, Proto, SessionId, TcpFlags, Translation,
-};
+use overlay_io::nat::{Direction, FiveTuple, NatError, NatTable};
 use overlay_io::pipeline::{DropReason, NetworkFunction, PortId, Transmit, Verdict};
-use overlay_io::rewrite::{self, Flow};
+use overlay_io::rewrite::{Flow, NatPlan};
 use overlay_io::routed::{self, Hook, PacketCx, RoutedConfig, Step};
 
 use overlay_io::l3config::NatSettings;
@@ -49,58 +47,10 @@ pub struct NatState {
     logged: Option<Instant>,
 }
 
-/// A rewrite decided before or after routing.
-#[derive(Debug, Clone, Copy)]
-enum Plan {
-    Tuple {
-        key: FiveTuple,
-        src: Endpoint,
-        dst: Endpoint,
-        session: SessionId,
-        dir: Direction,
-        tcp_flags: u8,
-    },
-    IcmpError {
-        quoted: FiveTuple,
-        outer_dst: Ipv4Addr,
-        inner_src: Endpoint,
-        inner_dst: Endpoint,
-    },
-}
-
-impl Plan {
-    fn tuple(key: FiveTuple, t: Translation, dir: Direction, tcp_flags: u8) -> Plan {
-        Plan::Tuple {
-            key,
-            src: t.src,
-            dst: t.dst,
-            session: t.session,
-            dir,
-            tcp_flags,
-        }
-    }
-
-    fn dst(&self) -> Ipv4Addr {
-        match self {
-            Plan::Tuple { dst, .. } => dst.addr,
-            Plan::IcmpError { outer_dst, .. } => *outer_dst,
-        }
-    }
-}
-
 /// The NAT hook, per worker: the plan for the packet in hand.
 #[derive(Debug, Default)]
 pub struct Nat {
-    plan: Option<Plan>,
-}
-
-fn nat_drop(e: NatError) -> DropReason {
-    match e {
-        NatError::PoolExhausted => DropReason::NatPoolExhausted,
-        NatError::TenantCapReached => DropReason::NatCapReached,
-        NatError::TableFull => DropReason::NatTableFull,
-        NatError::Conflict => DropReason::NatConflict,
-    }
+    plan: Option<NatPlan>,
 }
 
 /// Count a refused flow and log it, at most once per [`NAT_LOG_INTERVAL`].
@@ -120,7 +70,7 @@ fn refused(st: &mut NatState, e: NatError, key: &FiveTuple, now: Instant) -> Ste
         st.refused = 0;
         st.logged = Some(now);
     }
-    Step::Drop(nat_drop(e))
+    Step::Drop(e.into())
 }
 
 impl Hook for Nat {
@@ -159,7 +109,7 @@ impl Hook for Nat {
         match *p.flow {
             Flow::Tuple { key, tcp_flags } => {
                 if let Some((t, dir)) = st.table.lookup(&key, now) {
-                    self.plan = Some(Plan::tuple(key, t, dir, tcp_flags));
+                    self.plan = Some(NatPlan::tuple(key, t, dir, tcp_flags));
                 } else if let Some((target, tenant)) = nat.inbound(&key) {
                     let r = match nat.hairpin(key.src.addr) {
                         Some((rule, t)) => st.table.translate_hairpin(t, key, target, rule, now),
@@ -167,7 +117,7 @@ impl Hook for Nat {
                     };
                     match r {
                         Ok(t) => {
-                            self.plan = Some(Plan::tuple(key, t, Direction::Original, tcp_flags))
+                            self.plan = Some(NatPlan::tuple(key, t, Direction::Original, tcp_flags))
                         }
                         Err(e) => return refused(st, e, &key, now),
                     }
@@ -175,12 +125,7 @@ impl Hook for Nat {
             }
             Flow::IcmpError { quoted } => {
                 if let Some((t, _)) = st.table.lookup(&quoted.reversed(), now) {
-                    self.plan = Some(Plan::IcmpError {
-                        quoted,
-                        outer_dst: t.dst.addr,
-                        inner_src: t.dst,
-                        inner_dst: t.src,
-                    });
+                    self.plan = Some(NatPlan::icmp_error(quoted, t));
                 }
             }
             Flow::Other => {
@@ -205,7 +150,7 @@ impl Hook for Nat {
                 if let Some((rule, tenant)) = nat.outbound(key.src.addr, out) {
                     match p.st.table.translate_outbound(tenant, key, rule, p.now) {
                         Ok(t) => {
-                            self.plan = Some(Plan::tuple(key, t, Direction::Original, tcp_flags))
+                            self.plan = Some(NatPlan::tuple(key, t, Direction::Original, tcp_flags))
                         }
                         Err(e) => return refused(p.st, e, &key, p.now),
                     }
@@ -223,28 +168,8 @@ impl Hook for Nat {
     }
 
     fn rewrite(&mut self, st: &mut NatState, ip: &mut [u8], hdr: &Header, now: Instant) {
-        match self.plan.take() {
-            Some(Plan::Tuple {
-                key,
-                src,
-                dst,
-                session,
-                dir,
-                tcp_flags,
-            }) => {
-                rewrite::rewrite(ip, hdr, &key, src, dst);
-                if key.proto == Proto::Tcp {
-                    st.table
-                        .observe_tcp(session, dir, TcpFlags::from_bits(tcp_flags), now);
-                }
-            }
-            Some(Plan::IcmpError {
-                quoted,
-                outer_dst,
-                inner_src,
-                inner_dst,
-            }) => rewrite::rewrite_icmp_error(ip, hdr, &quoted, outer_dst, inner_src, inner_dst),
-            None => {}
+        if let Some(plan) = self.plan.take() {
+            plan.apply(&mut st.table, ip, hdr, now);
         }
     }
 
