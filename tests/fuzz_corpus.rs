@@ -2,7 +2,8 @@
 //! `scripts/fuzz`) through the same target bodies the fuzzer runs, so that every input that
 //! once found new coverage, and every crash ever found (`crash-*`), stays a regression test.
 //! The `router_path` crashes (`crash-*`: router replies over the interface MTU, a fragment
-//! offset that wrapped) are fixed and replay with the rest.
+//! offset that wrapped) are fixed and replay with the rest. The load balancer's targets
+//! (`http_parser`, `http_proxy`, `lb_path`) have their bodies and seeds in `fuzz_lb.rs`.
 //!
 //! The hand-written seeds (`seed-*`) are built by [`seeds`]; after changing them, rewrite
 //! the files with `cargo test -p vnf-tests --test fuzz_corpus -- --ignored write_seeds`.
@@ -12,6 +13,7 @@ use std::net::Ipv4Addr;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::path::{Path, PathBuf};
 
+use vnf_tests::fuzz_lb::{self, lp};
 use vnf_tests::fuzz_targets::rp::{self, ingress, port};
 use vnf_tests::fuzz_targets::{
     self, MODE_ACCESS, MODE_TRUNK, MODE_VXLAN, MODE_VXLAN_BATCH, control,
@@ -147,6 +149,40 @@ fn firewall_path_corpus_replays() {
 }
 
 #[test]
+fn http_parser_corpus_replays() {
+    let inputs = corpus("http_parser");
+    let failed: Vec<String> = inputs
+        .iter()
+        .filter_map(|(name, data)| {
+            run_named("http_parser", name, data, || fuzz_lb::http_parser(data))
+        })
+        .collect();
+    report("http_parser", inputs.len(), &failed);
+}
+
+#[test]
+fn http_proxy_corpus_replays() {
+    let inputs = corpus("http_proxy");
+    let failed: Vec<String> = inputs
+        .iter()
+        .filter_map(|(name, data)| {
+            run_named("http_proxy", name, data, || fuzz_lb::http_proxy(data))
+        })
+        .collect();
+    report("http_proxy", inputs.len(), &failed);
+}
+
+#[test]
+fn lb_path_corpus_replays() {
+    let inputs = corpus("lb_path");
+    let failed: Vec<String> = inputs
+        .iter()
+        .filter_map(|(name, data)| run_named("lb_path", name, data, || fuzz_lb::lb_path(data)))
+        .collect();
+    report("lb_path", inputs.len(), &failed);
+}
+
+#[test]
 fn seeds_pass() {
     let failed: Vec<String> = seeds()
         .into_iter()
@@ -156,6 +192,9 @@ fn seeds_pass() {
                     fuzz_targets::vxlan_decap_on(&mut fuzz_targets::new_router_net(), &data)
                 }
                 "router_path" => fuzz_targets::router_path(&data),
+                "http_parser" => fuzz_lb::http_parser(&data),
+                "http_proxy" => fuzz_lb::http_proxy(&data),
+                "lb_path" => fuzz_lb::lb_path(&data),
                 _ => fuzz_targets::wire_parsers(&data),
             })
         })
@@ -189,6 +228,49 @@ fn router_path_seeds_reach_every_check() {
             && total.icmp > 0,
         "{total:?}"
     );
+}
+
+/// The `lb_path` checks are not vacuous: the seeds between them open connections (checked
+/// against Maglev), send packets of them checked exactly, keep them across reloads, and get
+/// every kind of output checked (full NAT, DNAT, replies from a VIP, RSTs, ICMP made and
+/// translated, `no_backend` refusals).
+#[test]
+fn lb_path_seeds_reach_every_check() {
+    let mut total = lp::Stats::default();
+    for (name, data) in fuzz_lb::lb_path_seeds() {
+        let s = lp::run_stats(&data);
+        println!("{name}: {s:?}");
+        total.full_nat += s.full_nat;
+        total.to_backend += s.to_backend;
+        total.from_vip += s.from_vip;
+        total.resets += s.resets;
+        total.port_unreachable += s.port_unreachable;
+        total.echo_replies += s.echo_replies;
+        total.icmp_errors += s.icmp_errors;
+        total.icmp_translated += s.icmp_translated;
+        total.arp += s.arp;
+        total.exact += s.exact;
+        total.opened += s.opened;
+        total.kept_across_changes += s.kept_across_changes;
+        total.no_backend += s.no_backend;
+    }
+    println!("total: {total:?}");
+    let counts = [
+        total.full_nat,
+        total.to_backend,
+        total.from_vip,
+        total.resets,
+        total.port_unreachable,
+        total.echo_replies,
+        total.icmp_errors,
+        total.icmp_translated,
+        total.arp,
+        total.exact,
+        total.opened,
+        total.kept_across_changes,
+        total.no_backend,
+    ];
+    assert!(counts.iter().all(|&c| c > 0), "{total:?}");
 }
 
 /// Rewrite the `seed-*` files from [`seeds`].
@@ -331,6 +413,7 @@ fn seeds() -> Vec<(&'static str, String, Vec<u8>)> {
             .into_iter()
             .map(|(n, b)| ("router_path", format!("seed-{n}"), b)),
     );
+    d.extend(fuzz_lb::seeds());
     d
 }
 

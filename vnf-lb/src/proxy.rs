@@ -598,6 +598,10 @@ impl ProxyConn {
                 self.bin.clear();
                 self.last_progress = now;
             }
+            // A connection while one is in use: the glue is out of step with us. Give up the
+            // one in use as if it had failed, so that nothing more is relayed to a connection
+            // the glue is told to close (the rest of a body would start the next one).
+            (Upstream::Connected { .. }, _) => return self.backend_failed(now),
             // Not asked for (any more): the request timed out or failed meanwhile.
             _ => self.backend_close = true,
         }
@@ -1770,7 +1774,11 @@ pub fn fuzz_proxy(data: &[u8]) {
             4 => conn.client_eof(now),
             5 => conn.backend_eof(now),
             6 => {
-                let _ = conn.backend_wanted();
+                // As the glue does: a wanted backend is a new connection, whatever the last
+                // one carried ends there (cut short, if the proxy dropped it mid-request).
+                if conn.backend_wanted().is_some() {
+                    check_backend_stream(&std::mem::take(&mut to_backend));
+                }
             }
             7 => conn.backend_connected(usize::from(next(&mut rest)), now),
             8 => conn.backend_failed(now),
@@ -2651,6 +2659,28 @@ mod tests {
             .collect();
         assert_eq!(statuses, vec![200, 404, 200]);
         assert!(text.ends_with("\r\n\r\n3"));
+    }
+
+    /// Found by the `http_proxy` fuzz target: a connection reported while one was in use
+    /// made the proxy ask the glue to close the backend connection and yet go on relaying
+    /// the request's body into it, so its tail (`0\r\n\r\n`) began the next connection.
+    #[test]
+    fn a_connection_reported_while_one_is_in_use_fails_the_exchange() {
+        let mut h = Harness::new();
+        h.client(
+            b"POST / HTTP/1.1\r\nHost: a.example\r\nTransfer-Encoding: chunked\r\n\r\n8\r\nabcde",
+        );
+        h.connect(0, 0);
+        assert!(h.take_backend().ends_with("\r\n\r\n8\r\nabcde"));
+        h.conn.backend_connected(1, h.now);
+        h.glue();
+        assert!(h.conn.backend_should_close());
+        assert_eq!(status_of(&h.take_client()), 502);
+        // The rest of the body goes nowhere, and no new connection is asked for.
+        let _ = h.conn.client_recv(b"fgh\r\n0\r\n\r\n", h.now);
+        h.glue();
+        assert_eq!(h.take_backend(), "");
+        assert_eq!(h.conn.backend_wanted(), None);
     }
 
     #[test]
