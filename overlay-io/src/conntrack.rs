@@ -1739,6 +1739,8 @@ pub struct Conntrack {
     drop_all: List,
     wheel: Wheel,
     origin: Option<Instant>,
+    /// Whether the last `expire` stopped on its budget before catching up.
+    behind: bool,
     stats: CtStats,
 }
 
@@ -1772,6 +1774,7 @@ impl Conntrack {
                 tick: 0,
             },
             origin: None,
+            behind: false,
             stats: CtStats::default(),
         }
     }
@@ -1935,8 +1938,23 @@ impl Conntrack {
         Ok(self.id(i))
     }
 
+    /// Remove timed-out connections until the wheel has caught up with `now`, in at most
+    /// `max_rounds` calls of [`Conntrack::expire`]; returns how many were removed. What a
+    /// timer calls.
+    pub fn expire_all(&mut self, now: Instant, max_rounds: usize) -> usize {
+        let mut removed = 0;
+        for _ in 0..max_rounds.max(1) {
+            removed += self.expire(now);
+            if !self.behind {
+                break;
+            }
+        }
+        removed
+    }
+
     /// Remove timed-out connections, examining at most `expire_budget` wheel entries;
-    /// returns how many were removed. Call it again if it returned the budget's worth.
+    /// returns how many were removed. [`Conntrack::expire_all`] calls it until it has
+    /// caught up.
     pub fn expire(&mut self, now: Instant) -> usize {
         let now_s = self.secs(now);
         if now_s.saturating_sub(self.wheel.tick) >= WHEEL_SLOTS {
@@ -1945,7 +1963,7 @@ impl Conntrack {
         }
         let mut budget = self.cfg.expire_budget.max(1);
         let mut removed = 0;
-        'ticks: while self.wheel.tick <= now_s {
+        while self.wheel.tick <= now_s {
             let slot = (self.wheel.tick % WHEEL_SLOTS) as usize;
             loop {
                 let i = self.wheel.heads[slot];
@@ -1953,7 +1971,9 @@ impl Conntrack {
                     break;
                 }
                 if budget == 0 {
-                    break 'ticks;
+                    self.behind = true;
+                    self.stats.expired += removed as u64;
+                    return removed;
                 }
                 budget -= 1;
                 let e = self.slab.get(i);
@@ -1972,6 +1992,7 @@ impl Conntrack {
             }
             self.wheel.tick += 1;
         }
+        self.behind = false;
         self.stats.expired += removed as u64;
         removed
     }

@@ -491,6 +491,8 @@ pub struct NatTable {
     /// not complete. Entries of sessions that ended or completed are skipped and dropped
     /// when they reach the front.
     embryonic: std::collections::VecDeque<(u32, u32)>,
+    /// Whether the last `expire` stopped on its budget before catching up.
+    behind: bool,
 }
 
 impl NatTable {
@@ -509,6 +511,7 @@ impl NatTable {
             origin: None,
             stats: NatStats::default(),
             embryonic: std::collections::VecDeque::new(),
+            behind: false,
         }
     }
 
@@ -698,8 +701,22 @@ impl NatTable {
         }
     }
 
+    /// Remove timed-out sessions until the wheel has caught up with `now`, in at most
+    /// `max_rounds` calls of [`NatTable::expire`]; returns how many were removed. What
+    /// a timer calls.
+    pub fn expire_all(&mut self, now: Instant, max_rounds: usize) -> usize {
+        let mut removed = 0;
+        for _ in 0..max_rounds.max(1) {
+            removed += self.expire(now);
+            if !self.behind {
+                break;
+            }
+        }
+        removed
+    }
+
     /// Remove timed-out sessions, examining at most `expire_budget` wheel entries; returns
-    /// how many were removed. Call it again if it returned the budget's worth.
+    /// how many were removed. [`NatTable::expire_all`] calls it until it has caught up.
     pub fn expire(&mut self, now: Instant) -> usize {
         self.prune_embryonic();
         let now_tick = self.tick_of(now);
@@ -716,12 +733,14 @@ impl NatTable {
                 self.visit(e, now, now_tick, &mut removed);
                 if budget == 0 {
                     self.stats.expired += removed as u64;
+                    self.behind = true;
                     return removed;
                 }
             }
             self.wheel_tick += 1;
         }
         self.stats.expired += removed as u64;
+        self.behind = false;
         removed
     }
 
@@ -784,6 +803,9 @@ impl NatTable {
         dnat: Option<Endpoint>,
         now: Instant,
     ) -> Result<Translation, NatError> {
+        // The wheel's origin is the first time the table sees, not the first deadline: a
+        // deadline as origin would stop the clock until it passed.
+        self.tick_of(now);
         let key = key.normalized();
         if let Some((t, _)) = self.lookup(&key, now) {
             return Ok(t);
@@ -1499,6 +1521,57 @@ mod tests {
             calls.push(nat.expire(later));
         }
         assert_eq!(calls, [10, 10, 10, 5]);
+    }
+
+    /// The timer's loop: sessions that are seen again (filed later) use up budgets
+    /// without being removed, and `expire_all` still goes on until every due one is gone.
+    #[test]
+    fn expire_all_catches_up_past_refiled_entries() {
+        let t0 = Instant::now();
+        let mut nat = NatTable::new(NatConfig {
+            expire_budget: 10,
+            ..NatConfig::default()
+        });
+        let rule = masq(1024..=65535);
+        let keys: Vec<FiveTuple> = (0..100)
+            .map(|i| flow(Proto::Udp, (host(1), 1000 + i), (REMOTE, 53)))
+            .collect();
+        for k in &keys {
+            nat.translate_outbound(1, *k, &rule, t0).unwrap();
+        }
+        // Half are seen again later: their entries come up and are filed again.
+        let t1 = t0 + Duration::from_secs(200);
+        for k in keys.iter().step_by(2) {
+            nat.lookup(k, t1).unwrap();
+        }
+        let t2 = t0 + Duration::from_secs(301);
+        assert_eq!(nat.expire_all(t2, 100), 50);
+        assert_eq!(nat.len(), 50);
+        assert!(nat.lookup(&keys[1], t2).is_none());
+    }
+
+    /// The wheel's clock starts when the table first sees the time, not at the first
+    /// session's deadline: a short-lived session made soon after a long-lived first one
+    /// expires on time.
+    #[test]
+    fn sessions_expire_on_time_from_the_start() {
+        let t0 = Instant::now();
+        let mut nat = NatTable::new(NatConfig::default());
+        let rule = masq(1024..=65535);
+        let udp = flow(Proto::Udp, (host(1), 1000), (REMOTE, 53));
+        nat.translate_outbound(1, udp, &rule, t0).unwrap();
+        let tcp = flow(Proto::Tcp, (host(2), 1000), (REMOTE, 80));
+        let t1 = t0 + Duration::from_secs(1);
+        let t = nat.translate_outbound(1, tcp, &rule, t1).unwrap();
+        nat.observe_tcp(t.session, Direction::Original, TcpFlags::RST, t1);
+        for s in 1..=13 {
+            nat.expire_all(t0 + Duration::from_secs(s), 4);
+        }
+        assert!(
+            nat.lookup(&tcp, t0 + Duration::from_secs(13)).is_none(),
+            "closed: 10 s"
+        );
+        assert_eq!(nat.len(), 1, "the UDP session (300 s) stays");
     }
 
     #[test]

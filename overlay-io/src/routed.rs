@@ -51,6 +51,10 @@ use crate::rewrite::{self, Flow};
 
 /// How often timers run: ARP retries and ageing, the hook's expiry, gauges.
 pub const TICK: Duration = Duration::from_secs(1);
+/// Budgets of expiry work (NAT sessions, connections) a hook's tick runs at most: enough
+/// to catch up with a table of a million entries timing out at once over a few ticks,
+/// without holding the state's lock for long.
+pub const EXPIRE_ROUNDS: usize = 64;
 /// Fragments one worker can have waiting for `poll_transmit`.
 const FRAG_BUFS: usize = 64;
 /// Host stack packets one `poll_transmit` sends at most.

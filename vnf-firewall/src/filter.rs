@@ -266,12 +266,11 @@ impl Hook for Filter {
 
     fn tick(
         st: &mut FwState,
-        cfg: &FwSettings,
+        _cfg: &FwSettings,
         now: Instant,
         _drops: &overlay_io::metrics::WorkerCounters,
     ) {
-        let budget = cfg.conntrack.expire_budget.max(1);
-        while st.ct.expire(now) >= budget {}
+        st.ct.expire_all(now, routed::EXPIRE_ROUNDS);
     }
 }
 

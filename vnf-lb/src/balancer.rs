@@ -503,8 +503,7 @@ impl Hook for Balancer {
     }
 
     fn tick(st: &mut LbState, _cfg: &LbSettings, now: Instant, _drops: &WorkerCounters) {
-        let budget = st.table.config().expire_budget;
-        while st.table.expire(now) >= budget {}
+        st.table.expire_all(now, routed::EXPIRE_ROUNDS);
     }
 }
 

@@ -174,8 +174,7 @@ impl Hook for Nat {
     }
 
     fn tick(st: &mut NatState, _cfg: &NatSettings, now: Instant, _drops: &WorkerCounters) {
-        let budget = st.table.config().expire_budget;
-        while st.table.expire(now) >= budget {}
+        st.table.expire_all(now, routed::EXPIRE_ROUNDS);
     }
 
     fn gauges(st: &NatState, cfg: &NatSettings, g: &L3Gauges) {
