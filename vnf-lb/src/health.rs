@@ -953,17 +953,11 @@ fn splitmix64(x: u64) -> u64 {
 #[cfg(test)]
 mod tests {
     use std::net::Ipv4Addr;
-    use std::process::Command;
     use std::sync::OnceLock;
 
     use proptest::prelude::*;
-    use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
-    use rustls::crypto::{CryptoProvider, WebPkiSupportedAlgorithms};
-    use rustls::pki_types::pem::PemObject;
-    use rustls::pki_types::{CertificateDer, PrivateKeyDer, UnixTime};
-    use rustls::{
-        DigitallySignedStruct, RootCertStore, ServerConfig, ServerConnection, SignatureScheme,
-    };
+    use rustls::crypto::CryptoProvider;
+    use rustls::{RootCertStore, ServerConfig, ServerConnection};
 
     use super::*;
 
@@ -1533,56 +1527,9 @@ mod tests {
         Arc::new(rustls::crypto::ring::default_provider())
     }
 
-    /// Accepts any certificate, checking only the handshake signatures.
-    #[derive(Debug)]
-    struct AcceptAnyCert(WebPkiSupportedAlgorithms);
-
-    impl ServerCertVerifier for AcceptAnyCert {
-        fn verify_server_cert(
-            &self,
-            _: &CertificateDer<'_>,
-            _: &[CertificateDer<'_>],
-            _: &ServerName<'_>,
-            _: &[u8],
-            _: UnixTime,
-        ) -> Result<ServerCertVerified, rustls::Error> {
-            Ok(ServerCertVerified::assertion())
-        }
-
-        fn verify_tls12_signature(
-            &self,
-            message: &[u8],
-            cert: &CertificateDer<'_>,
-            dss: &DigitallySignedStruct,
-        ) -> Result<HandshakeSignatureValid, rustls::Error> {
-            rustls::crypto::verify_tls12_signature(message, cert, dss, &self.0)
-        }
-
-        fn verify_tls13_signature(
-            &self,
-            message: &[u8],
-            cert: &CertificateDer<'_>,
-            dss: &DigitallySignedStruct,
-        ) -> Result<HandshakeSignatureValid, rustls::Error> {
-            rustls::crypto::verify_tls13_signature(message, cert, dss, &self.0)
-        }
-
-        fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-            self.0.supported_schemes()
-        }
-    }
-
+    /// The health checks' own client config: any certificate, handshake signatures checked.
     fn insecure_client() -> Arc<ClientConfig> {
-        let provider = provider();
-        let verifier = AcceptAnyCert(provider.signature_verification_algorithms);
-        let mut config = ClientConfig::builder_with_provider(provider)
-            .with_safe_default_protocol_versions()
-            .unwrap()
-            .dangerous()
-            .with_custom_certificate_verifier(Arc::new(verifier))
-            .with_no_client_auth();
-        config.alpn_protocols = vec![b"http/1.1".to_vec()];
-        Arc::new(config)
+        crate::tls::insecure_client_config()
     }
 
     /// Trusts nothing: every server certificate is from an unknown issuer.
@@ -1600,28 +1547,9 @@ mod tests {
         CONFIG
             .get_or_init(|| {
                 let dir = tempfile::TempDir::new().unwrap();
-                let status = Command::new("openssl")
-                    .args(["req", "-x509", "-newkey", "ec", "-pkeyopt"])
-                    .args([
-                        "ec_paramgen_curve:prime256v1",
-                        "-nodes",
-                        "-subj",
-                        "/CN=b.example",
-                    ])
-                    .args(["-days", "2", "-keyout", "k.pem", "-out", "c.pem"])
-                    .current_dir(dir.path())
-                    .output()
-                    .expect("the TLS tests need the openssl CLI");
-                assert!(status.status.success(), "openssl: {status:?}");
-                let cert = CertificateDer::from_pem_file(dir.path().join("c.pem")).unwrap();
-                let key = PrivateKeyDer::from_pem_file(dir.path().join("k.pem")).unwrap();
-                let config = ServerConfig::builder_with_provider(provider())
-                    .with_safe_default_protocol_versions()
-                    .unwrap()
-                    .with_no_client_auth()
-                    .with_single_cert(vec![cert], key)
-                    .unwrap();
-                Arc::new(config)
+                let spec = crate::tls::testcert::generate(dir.path(), "b", "b.example", &[]);
+                let store = crate::tls::CertStore::load(&[spec]).unwrap();
+                crate::tls::server_config(Arc::new(store))
             })
             .clone()
     }
