@@ -509,6 +509,23 @@ impl<H: Hook> Routed<H> {
         match s {
             Step::Continue => None,
             Step::Drop(r) => Some(Verdict::Drop(r)),
+            Step::Refuse(e, r)
+                if self.cfg.l3.is_local(hdr.dst) || H::owns(&self.cfg.ext, hdr.dst) =>
+            {
+                // The function's own address refuses as a host would: the error comes from
+                // that address (a VIP, say), not from the interface the packet came by.
+                let cx = Ctx {
+                    cfg: &self.cfg.l3,
+                    counters: &self.counters,
+                    now,
+                };
+                if l3::icmp_error_as_destination(&cx, &mut st.nb, e, hdr, pkt) {
+                    self.drops.count_drop(r);
+                    Some(Verdict::Reply)
+                } else {
+                    Some(Verdict::Drop(r))
+                }
+            }
             Step::Refuse(e, r) => Some(self.refuse(st, iface, (Some(e), r), hdr, pkt, now)),
             Step::Reset(r) => {
                 if l3::tcp_reset_in_place(hdr, pkt) {

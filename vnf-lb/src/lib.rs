@@ -220,6 +220,25 @@ impl LbCollector {
             "L4 connections whose TCP handshake never completed, dropped to make room for new flows (a SYN flood shows here).",
         )?;
         early.inc_by(stats.early_drops);
+        let host = IntCounterVec::new(
+            Opts::new(
+                "vnf_lb_host_packets_total",
+                "Packets between the datapath and the L7/health-check stack: `to_host`, `from_host`, and those dropped because the other side's queue was full (`to_host_dropped`, `from_host_dropped`).",
+            ),
+            &["direction"],
+        )?;
+        if let Some(link) = self.shared.host() {
+            let l = &link.stats;
+            for (d, v) in [
+                ("to_host", &l.to_host),
+                ("from_host", &l.from_host),
+                ("to_host_dropped", &l.to_host_dropped),
+                ("from_host_dropped", &l.from_host_dropped),
+            ] {
+                host.with_label_values(&[d])
+                    .inc_by(v.load(std::sync::atomic::Ordering::Relaxed));
+            }
+        }
         for c in [
             Box::new(up) as Box<dyn Collector>,
             Box::new(eligible),
@@ -233,6 +252,7 @@ impl LbCollector {
             Box::new(refused),
             Box::new(tracked),
             Box::new(early),
+            Box::new(host),
         ] {
             out.extend(c.collect());
         }
