@@ -325,6 +325,20 @@ fn bad_ipv4_is_dropped_and_counted() {
         assert!(out(&n.vxlan_in(vtep(2), &vxlan(0x08, 100, f))).is_empty());
     }
     assert_eq!(n.hub().drops(DropReason::IpMalformed), 5);
+    // Martians (RFC 1812 §5.3.7): impossible sources, or the router's own address as a
+    // source (spoofed), or a loopback destination.
+    for (src, dst) in [
+        (Ipv4Addr::new(127, 0, 0, 1), B),
+        (Ipv4Addr::new(0, 1, 2, 3), B),
+        (Ipv4Addr::new(224, 0, 0, 5), B),
+        (Ipv4Addr::new(255, 255, 255, 255), B),
+        (Ipv4Addr::new(10, 0, 2, 1), B),
+        (A, Ipv4Addr::new(127, 0, 0, 1)),
+    ] {
+        let f = udp_sized(mac(5), R_WEB, src, dst, 64, 100, false);
+        assert!(out(&n.vxlan_in(vtep(2), &vxlan(0x08, 100, &f))).is_empty());
+    }
+    assert_eq!(n.hub().drops(DropReason::Martian), 6);
     // Frames for another MAC on a routed port are not ours.
     let other = udp_sized(mac(5), mac(9), A, B, 64, 100, false);
     assert!(out(&n.vxlan_in(vtep(2), &vxlan(0x08, 100, &other))).is_empty());

@@ -169,11 +169,15 @@ pub enum DropReason {
     /// A new flow to a load-balanced service while no backend of its pool was up or
     /// accepting new flows (answered with a TCP RST or ICMP port unreachable).
     NoBackend,
+    /// A routed packet with an address no packet may carry (RFC 1812 §5.3.7): a source
+    /// in 0.0.0.0/8, 127.0.0.0/8, multicast or 240.0.0.0/4, one of the function's own
+    /// addresses (a spoofed source), or a destination in 0.0.0.0/8 or 127.0.0.0/8.
+    Martian,
 }
 
 impl DropReason {
     /// Every reason, in label order.
-    pub const ALL: [DropReason; 36] = [
+    pub const ALL: [DropReason; 37] = [
         DropReason::VxlanMalformed,
         DropReason::VxlanBadFlags,
         DropReason::VniNotJoined,
@@ -210,6 +214,7 @@ impl DropReason {
         DropReason::CtFull,
         DropReason::HostQueueFull,
         DropReason::NoBackend,
+        DropReason::Martian,
     ];
 
     /// The metric label value.
@@ -251,6 +256,7 @@ impl DropReason {
             DropReason::CtFull => "ct_full",
             DropReason::HostQueueFull => "host_queue_full",
             DropReason::NoBackend => "no_backend",
+            DropReason::Martian => "martian",
         }
     }
 

@@ -283,6 +283,16 @@ fn ecmp_hash(flow: &Flow, hdr: &Header) -> u32 {
     (h ^ (h >> 31)) as u32
 }
 
+/// Addresses no routed packet may carry (RFC 1812 §5.3.7, §4.2.2.11): a source that is
+/// "this network", loopback, multicast or reserved (broadcast included), or a destination
+/// that is "this network" or loopback. The function's own addresses as a source are checked
+/// by the caller.
+fn martian(src: Ipv4Addr, dst: Ipv4Addr) -> bool {
+    let [s, ..] = src.octets();
+    let [d, ..] = dst.octets();
+    s == 0 || s == 127 || s >= 224 || d == 0 || d == 127
+}
+
 /// Where a frame for `mac` leaves interface `iface`: its port, or for an IRB interface the
 /// port `mac` was learned on in the domain (every port when unknown or broadcast).
 fn egress(bridge: &Bridge, l3c: &L3Config, iface: usize, mac: &Mac) -> Verdict {
@@ -407,6 +417,10 @@ impl<H: Hook> Routed<H> {
                 let c = &self.counters.ifaces[l3c.interfaces[iface].slot];
                 c.rx_packets.inc();
                 c.rx_bytes.add(hdr.total_len as u64);
+                if martian(hdr.src, hdr.dst) || l3c.is_local(hdr.src) || H::owns(&cfg.ext, hdr.src)
+                {
+                    return Verdict::Drop(DropReason::Martian);
+                }
                 self.route(cfg, st, iface, pkt, &hdr, now)
             }
             Some(_) => Verdict::Drop(if pkt.dst_mac() == Some(l3c.interfaces[iface].mac) {
