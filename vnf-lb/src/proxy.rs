@@ -1111,32 +1111,15 @@ impl ProxyConn {
                 self.bin.consume(n);
                 *left -= n as u64;
                 ex.bytes_out += n as u64;
-                if *left == 0 {
-                    self.finish_exchange(now);
-                    true
-                } else if eof && n == avail {
-                    // Closed before Content-Length bytes: the client must not take a
-                    // truncated body for a whole one (RFC 9112 §8).
-                    self.fail_exchange(502, now);
-                    true
-                } else {
-                    n > 0
-                }
+                let done = *left == 0;
+                self.response_body_step(done, n, eof, avail, now)
             }
             Resp::Chunked(decoder) => match decoder.decode(input, |_| {}) {
                 Ok((n, done)) => {
                     self.cpo.extend(&input[..n]);
                     self.bin.consume(n);
                     ex.bytes_out += n as u64;
-                    if done {
-                        self.finish_exchange(now);
-                        true
-                    } else if eof && n == avail {
-                        self.fail_exchange(502, now);
-                        true
-                    } else {
-                        n > 0
-                    }
+                    self.response_body_step(done, n, eof, avail, now)
                 }
                 Err(_) => {
                     self.fail_exchange(502, now);
@@ -1150,15 +1133,7 @@ impl ProxyConn {
                     Ok((n, done)) => {
                         self.bin.consume(n);
                         ex.bytes_out += (self.cpo.len() - before) as u64;
-                        if done {
-                            self.finish_exchange(now);
-                            true
-                        } else if eof && n == avail {
-                            self.fail_exchange(502, now);
-                            true
-                        } else {
-                            n > 0
-                        }
+                        self.response_body_step(done, n, eof, avail, now)
                     }
                     Err(_) => {
                         self.fail_exchange(502, now);
@@ -1182,6 +1157,29 @@ impl ProxyConn {
     }
 
     /// The response is complete: report it, keep or drop the backend, and go on.
+    /// What `n` more bytes of a response body (of `avail` in hand) mean: the exchange is
+    /// finished when the body is `done`; a backend that closed before the end fails it, as
+    /// the client must not take a truncated body for a whole one (RFC 9112 §8); otherwise
+    /// it goes on, and progress is whether bytes moved.
+    fn response_body_step(
+        &mut self,
+        done: bool,
+        n: usize,
+        eof: bool,
+        avail: usize,
+        now: Instant,
+    ) -> bool {
+        if done {
+            self.finish_exchange(now);
+            true
+        } else if eof && n == avail {
+            self.fail_exchange(502, now);
+            true
+        } else {
+            n > 0
+        }
+    }
+
     fn finish_exchange(&mut self, now: Instant) {
         let Some(ex) = self.ex.take() else {
             return;
