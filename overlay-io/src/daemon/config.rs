@@ -346,49 +346,55 @@ impl Context<'_> {
     }
 
     fn diagnose_yaml(&self, error: &serde_saphyr::Error, text: &str) -> Diagnostic {
-        let mut inner = error.without_snippet();
-        while let serde_saphyr::Error::AliasError { error, .. }
-        | serde_saphyr::Error::WithSnippet { error, .. } = inner
-        {
-            inner = error;
-        }
-        let position = error.location().filter(|l| l.line() > 0).map(|l| Position {
-            line: l.line(),
-            column: l.column(),
-        });
-        let mut message = serde_saphyr::MessageFormatter::format_message(
-            &serde_saphyr::DefaultMessageFormatter,
-            inner,
-        )
-        .into_owned();
-        // "invalid u16" alone does not say what was there, nor what would do.
-        if let serde_saphyr::Error::InvalidScalar { ty, .. } = inner
-            && let Some(value) = position.and_then(|p| scalar_at(text, p))
-        {
-            message = match integer_range(ty) {
-                Some(range) => format!("`{value}` is not a valid {ty} ({range})"),
-                None => format!("`{value}` is not a valid {ty}"),
-            };
-        }
-        Diagnostic {
-            origin: Origin::File {
-                file: self.sources.file.clone(),
-                position,
-            },
-            path: String::new(),
-            // The formatter's text is not sanitised for a terminal (see its docs): escape
-            // control characters, but leave quotes readable.
-            message: message
-                .chars()
-                .flat_map(|c| {
-                    let keep = !c.is_control();
-                    let esc = (!keep).then(|| c.escape_default());
-                    keep.then_some(c)
-                        .into_iter()
-                        .chain(esc.into_iter().flatten())
-                })
-                .collect(),
-        }
+        yaml_diagnostic(&self.sources.file, error, text)
+    }
+}
+
+/// A serde-saphyr error (syntax, wrong type, unknown field) as a [`Diagnostic`] at its
+/// line and column of `file`, whose contents are `text`.
+pub fn yaml_diagnostic(file: &Path, error: &serde_saphyr::Error, text: &str) -> Diagnostic {
+    let mut inner = error.without_snippet();
+    while let serde_saphyr::Error::AliasError { error, .. }
+    | serde_saphyr::Error::WithSnippet { error, .. } = inner
+    {
+        inner = error;
+    }
+    let position = error.location().filter(|l| l.line() > 0).map(|l| Position {
+        line: l.line(),
+        column: l.column(),
+    });
+    let mut message = serde_saphyr::MessageFormatter::format_message(
+        &serde_saphyr::DefaultMessageFormatter,
+        inner,
+    )
+    .into_owned();
+    // "invalid u16" alone does not say what was there, nor what would do.
+    if let serde_saphyr::Error::InvalidScalar { ty, .. } = inner
+        && let Some(value) = position.and_then(|p| scalar_at(text, p))
+    {
+        message = match integer_range(ty) {
+            Some(range) => format!("`{value}` is not a valid {ty} ({range})"),
+            None => format!("`{value}` is not a valid {ty}"),
+        };
+    }
+    Diagnostic {
+        origin: Origin::File {
+            file: file.to_path_buf(),
+            position,
+        },
+        path: String::new(),
+        // The formatter's text is not sanitised for a terminal (see its docs): escape
+        // control characters, but leave quotes readable.
+        message: message
+            .chars()
+            .flat_map(|c| {
+                let keep = !c.is_control();
+                let esc = (!keep).then(|| c.escape_default());
+                keep.then_some(c)
+                    .into_iter()
+                    .chain(esc.into_iter().flatten())
+            })
+            .collect(),
     }
 }
 

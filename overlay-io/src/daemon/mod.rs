@@ -40,7 +40,7 @@ use tracing::{error, info};
 
 pub use self::admin::{AdminError, Shell, ShellMetrics, VERSION};
 pub use self::cli::{Cli, LogFormat};
-pub use self::config::{Diagnostic, LoadError, Loaded, Origin, Sources, load};
+pub use self::config::{Diagnostic, LoadError, Loaded, Origin, Sources, load, yaml_diagnostic};
 
 /// Worker threads of the admin runtime; the datapath owns the other cores.
 const ADMIN_THREADS: usize = 2;
