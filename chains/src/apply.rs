@@ -111,6 +111,12 @@ pub fn diff(old: &str, new: &str) -> Vec<String> {
     let a: Vec<&str> = old.lines().collect();
     let b: Vec<&str> = new.lines().collect();
     let (n, m) = (a.len(), b.len());
+    // The table is n*m cells: beyond a few million, say what changed in size only.
+    if n.saturating_mul(m) > 4_000_000 {
+        return vec![format!(
+            " ~ {n} lines -> {m} lines (too long to compare line by line)"
+        )];
+    }
     // lcs[i][j]: the LCS length of a[i..] and b[j..].
     let mut lcs = vec![vec![0u32; m + 1]; n + 1];
     for i in (0..n).rev() {
@@ -129,12 +135,13 @@ pub fn diff(old: &str, new: &str) -> Vec<String> {
             ops.push((' ', a[i]));
             i += 1;
             j += 1;
-        } else if j < m && (i == n || lcs[i][j + 1] >= lcs[i + 1][j]) {
-            ops.push(('+', b[j]));
-            j += 1;
-        } else {
+        } else if i < n && (j == m || lcs[i + 1][j] >= lcs[i][j + 1]) {
+            // Removals before additions, as `diff -u` shows a replaced line.
             ops.push(('-', a[i]));
             i += 1;
+        } else {
+            ops.push(('+', b[j]));
+            j += 1;
         }
     }
     let near = |k: usize| {
@@ -307,5 +314,22 @@ fn reload(instance: &Instance) -> Result<(), String> {
         Ok((code, _)) if (200..300).contains(&code) => Ok(()),
         Ok((code, body)) => Err(format!("HTTP {code}: {}", body.trim())),
         Err(e) => Err(format!("no answer from {}: {e}", instance.admin)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::diff;
+
+    #[test]
+    fn diff_shows_changed_lines_with_context() {
+        let old = "a\nb\nc\nd\ne\nf\ng\n";
+        let new = "a\nb\nc\nD\ne\nf\ng\nh\n";
+        assert_eq!(
+            diff(old, new),
+            ["   c", " - d", " + D", "   e", "   ...", "   g", " + h"]
+        );
+        assert!(diff(old, old).is_empty());
+        assert_eq!(diff("", "x\n"), [" + x"]);
     }
 }

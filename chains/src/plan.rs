@@ -1258,40 +1258,57 @@ impl<'s, 'd> Planner<'s, 'd> {
         }
     }
 
+    /// Subnets may not overlap (unless bridged by transparent hops): one sweep over the
+    /// subnets sorted by first address, so a file of many networks stays fast.
     fn check_overlaps(&mut self) {
-        let nets: Vec<(usize, String, Ipv4Network)> = self
+        let mut nets: Vec<(usize, String, Ipv4Network)> = self
             .networks
             .values()
             .filter_map(|(i, n, s)| s.map(|s| (*i, n.name.clone(), s)))
             .collect();
-        for (a, (ia, na, sa)) in nets.iter().enumerate() {
-            for (ib, nb, sb) in &nets[a + 1..] {
-                let overlap = sa.contains(sb.network()) || sb.contains(sa.network());
-                if overlap && !self.bridged.contains(&key(na, nb)) {
-                    let (first, second) = if ia < ib {
-                        ((ia, na, sa), (ib, nb, sb))
-                    } else {
-                        ((ib, nb, sb), (ia, na, sa))
-                    };
-                    let at = path(&[
-                        "networks".to_string(),
-                        second.0.to_string(),
-                        "subnet".into(),
-                    ]);
-                    self.err(
-                        &at,
-                        format!(
-                            "subnet {} of `{}` overlaps subnet {} of `{}`",
-                            second.2, second.1, first.2, first.1
-                        ),
-                    );
+        nets.sort_by_key(|(i, _, s)| (u32::from(s.network()), std::cmp::Reverse(s.prefix()), *i));
+        // The subnet reaching furthest so far: any subnet starting before its end is inside it.
+        let mut widest: Option<usize> = None;
+        let mut found = Vec::new();
+        for (k, (_, name, subnet)) in nets.iter().enumerate() {
+            if let Some(w) = widest {
+                let (_, wname, wsubnet) = &nets[w];
+                if u32::from(subnet.network()) <= u32::from(wsubnet.broadcast())
+                    && !self.bridged.contains(&key(wname, name))
+                {
+                    found.push((w, k));
                 }
+                if u32::from(subnet.broadcast()) > u32::from(wsubnet.broadcast()) {
+                    widest = Some(k);
+                }
+            } else {
+                widest = Some(k);
             }
-            if let Some(t) = self.transit_prefix
-                && (t.contains(sa.network()) || sa.contains(t.network()))
-            {
-                let at = path(&["networks".to_string(), ia.to_string(), "subnet".into()]);
-                self.err(&at, format!("subnet {sa} of `{na}` overlaps the transit prefix {t}: set `transit.prefix` elsewhere"));
+        }
+        for (a, b) in found {
+            // Reported at the one written later, naming the earlier.
+            let (first, second) = if nets[a].0 < nets[b].0 {
+                (&nets[a], &nets[b])
+            } else {
+                (&nets[b], &nets[a])
+            };
+            let at = path(&[
+                "networks".to_string(),
+                second.0.to_string(),
+                "subnet".into(),
+            ]);
+            let msg = format!(
+                "subnet {} of `{}` overlaps subnet {} of `{}`",
+                second.2, second.1, first.2, first.1
+            );
+            self.err(&at, msg);
+        }
+        if let Some(t) = self.transit_prefix {
+            for (i, name, subnet) in &nets {
+                if t.contains(subnet.network()) || subnet.contains(t.network()) {
+                    let at = path(&["networks".to_string(), i.to_string(), "subnet".into()]);
+                    self.err(&at, format!("subnet {subnet} of `{name}` overlaps the transit prefix {t}: set `transit.prefix` elsewhere"));
+                }
             }
         }
     }

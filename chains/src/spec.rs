@@ -334,7 +334,12 @@ pub struct Diagnostics {
     locator: Locator,
     /// What was found, in order.
     pub list: Vec<Diagnostic>,
+    /// Problems past [`MAX_DIAGNOSTICS`], counted only.
+    pub truncated: usize,
 }
+
+/// The most problems reported for one file; the rest are counted.
+pub const MAX_DIAGNOSTICS: usize = 200;
 
 impl Diagnostics {
     /// Problems of `file`, whose text is `text`.
@@ -343,6 +348,7 @@ impl Diagnostics {
             file: file.to_path_buf(),
             locator: Locator::parse(text),
             list: Vec::new(),
+            truncated: 0,
         }
     }
 
@@ -353,6 +359,10 @@ impl Diagnostics {
     }
 
     fn push(&mut self, path: &[String], position: Option<Position>, message: String) {
+        if self.list.len() >= MAX_DIAGNOSTICS {
+            self.truncated += 1;
+            return;
+        }
         let diagnostic = Diagnostic {
             origin: Origin::File {
                 file: self.file.clone(),
@@ -371,7 +381,8 @@ impl Diagnostics {
         self.list.is_empty()
     }
 
-    /// Sorted by position, as a compiler lists them.
+    /// Sorted by position, as a compiler lists them (and a last line for the problems
+    /// past [`MAX_DIAGNOSTICS`]).
     pub fn sorted(mut self) -> Vec<Diagnostic> {
         self.list.sort_by_key(|d| match &d.origin {
             Origin::File {
@@ -379,6 +390,16 @@ impl Diagnostics {
             } => (p.line, p.column),
             _ => (u64::MAX, u64::MAX),
         });
+        if self.truncated > 0 {
+            self.list.push(Diagnostic {
+                origin: Origin::File {
+                    file: self.file.clone(),
+                    position: None,
+                },
+                path: String::new(),
+                message: format!("and {} more problems", self.truncated),
+            });
+        }
         self.list
     }
 }
@@ -578,6 +599,7 @@ fn function(diags: &mut Diagnostics, at: &[String], item: &Value) -> Option<Func
     };
     let common = convert::<Common>(diags, at, &Value::Object(common_map));
     let rest = Value::Object(rest);
+    let before = diags.list.len();
     let settings = match kind.as_str() {
         "router" => convert::<RouterSettings>(diags, at, &rest).map(Settings::Router),
         "firewall" => convert::<FirewallSettings>(diags, at, &rest).map(Settings::Firewall),
@@ -592,6 +614,18 @@ fn function(diags: &mut Diagnostics, at: &[String], item: &Value) -> Option<Func
             None
         }
     };
+    // An unknown key among the kind's settings may be a misspelt common one: name those
+    // too (serde only knew the kind's own).
+    if let Some(d) = diags.list.get_mut(before)
+        && d.message.starts_with("unknown field `")
+        && overlay_io::daemon::locate::split_path(&d.path).len() == at.len() + 1
+    {
+        d.message = format!(
+            "{}, or one every function has: {}",
+            d.message,
+            COMMON_FIELDS.map(|f| format!("`{f}`")).join(", ")
+        );
+    }
     Some(Function {
         common: common?,
         settings: settings?,

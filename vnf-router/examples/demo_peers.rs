@@ -1,4 +1,4 @@
-//! Two simulated hypervisor VTEPs on loopback, for the demo (`scripts/demo`): no root.
+//! Two simulated hypervisor VTEPs on loopback, for the demo (`scripts/demo-gateway`): no root.
 //!
 //! VTEP A (127.0.0.2) serves host 10.0.0.1 on VNI 100, VTEP B (127.0.0.3) serves host
 //! 10.0.0.2 on VNI 200. A running `vnf-router` on 127.0.0.1 bridges the two VNIs

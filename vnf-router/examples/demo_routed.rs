@@ -1,5 +1,5 @@
 //! Three simulated hypervisor VTEPs on loopback around a routing `vnf-router`, for the demo
-//! (`scripts/demo`): no root.
+//! (`scripts/demo-gateway`): no root.
 //!
 //! The router (`examples/router-demo.yaml`, VTEP 127.0.0.11) routes between host A
 //! (10.0.1.5, VNI 100, VTEP 127.0.0.12), host B (10.0.2.5, VNI 200, VTEP 127.0.0.13) and an
