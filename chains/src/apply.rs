@@ -274,30 +274,10 @@ pub fn apply(
     }
     // The rest goes through the supervisor: the new manifest, then a reconcile.
     write_plan(plan, &dir)?;
-    let starts: Vec<&Instance> = changes
-        .iter()
-        .filter_map(|c| match c {
-            Change::Add(i) | Change::Replace { new: i, .. } => Some(i),
-            _ => None,
-        })
-        .collect();
     let structural = changes.iter().any(|c| !matches!(c, Change::Reload { .. }));
     if structural {
         supervise::reconcile(state)?;
-        let deadline = Instant::now() + READY_TIMEOUT;
-        for i in &starts {
-            while !admin_client::ready(i.admin, Duration::from_millis(250)) {
-                if Instant::now() >= deadline {
-                    bail!(
-                        "{} did not become ready within {READY_TIMEOUT:?}; see {}",
-                        i.name,
-                        supervise::instance_log(state, &i.name).display()
-                    );
-                }
-                std::thread::sleep(Duration::from_millis(50));
-            }
-            writeln!(out, "started {}", i.name)?;
-        }
+        settle(state, &changes, out)?;
     }
     writeln!(
         out,
@@ -306,6 +286,68 @@ pub fn apply(
         if changes.len() == 1 { "" } else { "s" }
     )?;
     Ok(true)
+}
+
+/// Wait until the supervisor runs every added instance and has stopped every removed one.
+/// Its own view, not the admin addresses: a removed instance of another name may still
+/// answer there while it stops.
+fn settle(state: &Path, changes: &[Change], out: &mut dyn Write) -> anyhow::Result<()> {
+    let mut starting: Vec<&Instance> = Vec::new();
+    let mut stopping: Vec<&Instance> = Vec::new();
+    for c in changes {
+        match c {
+            Change::Add(i) | Change::Replace { new: i, .. } => starting.push(i),
+            Change::Remove(i) => stopping.push(i),
+            Change::Reload { .. } => {}
+        }
+    }
+    // The status file is rewritten at least every second; a reconcile marks it at once.
+    let deadline = Instant::now() + READY_TIMEOUT;
+    while !starting.is_empty() || !stopping.is_empty() {
+        let status = supervise::read_status(state).ok();
+        let find = |name: &str| {
+            status
+                .as_ref()
+                .and_then(|s| s.instances.iter().find(|x| x.name == name))
+        };
+        let mut lines = Vec::new();
+        starting.retain(|i| {
+            let up = find(&i.name).is_some_and(|s| {
+                s.state == supervise::State::Running && s.admin == i.admin && s.kind == i.kind
+            });
+            if up {
+                lines.push(format!("started {}", i.name));
+            }
+            !up
+        });
+        stopping.retain(|i| {
+            let gone = find(&i.name).is_none_or(|s| s.pid.is_none());
+            if gone {
+                lines.push(format!("stopped {}", i.name));
+            }
+            !gone
+        });
+        for line in lines {
+            writeln!(out, "{line}")?;
+        }
+        if starting.is_empty() && stopping.is_empty() {
+            break;
+        }
+        if Instant::now() >= deadline {
+            let names: Vec<&str> = starting
+                .iter()
+                .chain(&stopping)
+                .map(|i| i.name.as_str())
+                .collect();
+            bail!(
+                "{} did not settle within {READY_TIMEOUT:?}; see `vnfctl status` and {}",
+                names.join(", "),
+                supervise::supervisor_log(state).display()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    Ok(())
 }
 
 /// Ask `instance` to re-read its config file; the error is its answer.

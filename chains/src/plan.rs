@@ -1660,7 +1660,8 @@ pub fn fuzz_plan(data: &[u8]) {
         return;
     };
     let file = Path::new("fuzz.yaml");
-    let lines = text.lines().count() as u64 + 1;
+    // YAML breaks lines at LF, CRLF and a lone CR (YAML 1.2 §5.4).
+    let lines = (text.replace("\r\n", "\n").matches(['\n', '\r']).count() + 1) as u64;
     match plan(file, text, &Options::default()) {
         Err(diagnostics) => {
             assert!(!diagnostics.is_empty(), "refused without a reason");

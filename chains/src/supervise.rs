@@ -499,6 +499,8 @@ struct Slot {
     next_probe: Instant,
     /// Removed from the manifest and stopped: dropped at the end of the tick.
     gone: bool,
+    /// Its first start waits for another instance to free its addresses: not a restart.
+    deferred: bool,
 }
 
 impl Slot {
@@ -517,6 +519,7 @@ impl Slot {
             then: AfterStop::Stay,
             next_probe: now,
             gone: false,
+            deferred: false,
         }
     }
 
@@ -766,14 +769,36 @@ impl<'a> Supervisor<'a> {
     /// Start instances whose backoff is over.
     fn restart_due(&mut self, now: Instant) {
         for i in 0..self.slots.len() {
-            let slot = &mut self.slots[i];
+            let slot = &self.slots[i];
             if matches!(slot.state, State::Backoff | State::Failed)
                 && slot.restart_at.is_some_and(|t| t <= now)
             {
-                slot.restarts += 1;
+                // A process still holding this instance's underlay or admin address (a
+                // removed instance of another name, stopping) must go first.
+                if self.holder(i).is_some() {
+                    self.slots[i].restart_at = Some(now + TICK);
+                    continue;
+                }
+                let slot = &mut self.slots[i];
+                if slot.deferred {
+                    slot.deferred = false;
+                } else {
+                    slot.restarts += 1;
+                }
                 self.start(i, now);
             }
         }
+    }
+
+    /// Another slot whose process still runs on slot `i`'s underlay or admin address.
+    fn holder(&self, i: usize) -> Option<usize> {
+        let me = &self.slots[i].spec;
+        (0..self.slots.len()).find(|&j| {
+            let other = &self.slots[j];
+            j != i
+                && other.child.is_some()
+                && (other.spec.host == me.host || other.spec.admin == me.admin)
+        })
     }
 
     /// Probe `/readyz` of starting instances.
@@ -844,7 +869,20 @@ impl<'a> Supervisor<'a> {
                 self.log.say(format_args!("{}: new", wanted.name));
                 self.slots.push(Slot::new(wanted.clone(), now));
                 let i = self.slots.len() - 1;
-                self.start(i, now);
+                match self.holder(i) {
+                    Some(j) => {
+                        let line = format!(
+                            "{}: waits for {} (stopping) to free {} / {}",
+                            wanted.name, self.slots[j].spec.name, wanted.host, wanted.admin
+                        );
+                        self.log.say(format_args!("{line}"));
+                        let slot = &mut self.slots[i];
+                        slot.state = State::Backoff;
+                        slot.deferred = true;
+                        slot.restart_at = Some(now + TICK);
+                    }
+                    None => self.start(i, now),
+                }
                 continue;
             };
             let slot = &mut self.slots[i];
