@@ -1291,3 +1291,60 @@ fn apply_adds_and_removes_an_instance() {
         "fw2's config is left"
     );
 }
+
+/// Renaming an instance that keeps its host: the new one may only start once the old one
+/// has freed the host's VXLAN port and admin address, and `apply` reports it started only
+/// when the supervisor runs it (the old process answered the admin address until then).
+#[test]
+fn apply_renaming_an_instance_on_its_host_starts_it_once() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let chain = |name: &str| {
+        format!(
+            "tenant: rename\n\
+             networks:\n\
+             \x20 - {{name: outside, vni: 300, vteps: [127.0.0.159], subnet: 192.0.2.0/24}}\n\
+             \x20 - {{name: web, vni: 100, vteps: [], subnet: 10.0.1.0/24}}\n\
+             functions:\n\
+             \x20 - {{name: {name}, kind: firewall, host: 127.0.0.158, addresses: {{outside: 192.0.2.2, web: 10.0.1.1}}}}\n\
+             chains:\n\
+             \x20 - {{name: in, from: outside, to: web, hops: [{name}]}}\n"
+        )
+    };
+    std::fs::write(dir.path().join("a.yaml"), chain("fw")).expect("write");
+    std::fs::write(dir.path().join("b.yaml"), chain("fwb")).expect("write");
+    let run = |args: &[&str]| {
+        Command::new(VNFCTL)
+            .args(args)
+            .current_dir(dir.path())
+            .output()
+            .expect("run vnfctl")
+    };
+    let bins = bin_dir().to_str().expect("utf-8 path").to_string();
+    struct Down<'a>(&'a Path);
+    impl Drop for Down<'_> {
+        fn drop(&mut self) {
+            let _ = Command::new(VNFCTL)
+                .args(["down", "--state", "st"])
+                .current_dir(self.0)
+                .output();
+        }
+    }
+    let _down = Down(dir.path());
+    let out = run(&["up", "a.yaml", "--state", "st", "--bin-dir", &bins]);
+    assert!(out.status.success(), "up: {}", stderr(&out));
+    let out = run(&["apply", "b.yaml", "--state", "st"]);
+    let text = stdout(&out);
+    assert!(out.status.success(), "apply: {text}{}", stderr(&out));
+    assert!(
+        text.contains("stopped fw\n") && text.contains("started fwb\n"),
+        "{text}"
+    );
+    // Right after apply: fwb runs, ready, never restarted (its first start did not race
+    // the old process for the port).
+    let status = read_status(&dir.path().join("st")).expect("status.json");
+    let names: Vec<&str> = status.instances.iter().map(|i| i.name.as_str()).collect();
+    assert_eq!(names, ["fwb"]);
+    assert_eq!(status.instances[0].restarts, 0, "{status:?}");
+    let out = run(&["status", "--state", "st"]);
+    assert!(out.status.success(), "status: {}", stdout(&out));
+}
