@@ -397,8 +397,11 @@ impl Host {
         let epoch = Instant::now();
         let mut dev = HostDevice::new(link.clone());
         let mut icfg = IfaceConfig::new(HardwareAddress::Ip);
-        // Sequence numbers and the like: any seed that differs between runs.
-        icfg.random_seed = u64::from(std::process::id()) ^ epoch.elapsed().as_nanos() as u64;
+        // Sequence numbers and the first local port: a seed that differs between runs, so
+        // a restarted load balancer does not reuse its predecessor's connections' ports
+        // and sequence numbers, which backends still hold in TIME_WAIT.
+        let seed = run_seed();
+        icfg.random_seed = seed;
         let mut iface = Interface::new(icfg, &mut dev, ts(epoch, epoch));
         iface.update_ip_addrs(|a| {
             let _ = a.push(IpCidr::new(IpAddress::Ipv4(addr), 32));
@@ -425,7 +428,9 @@ impl Host {
             checked: BTreeMap::new(),
             closing: Vec::new(),
             ports_used: HashSet::new(),
-            next_port: *HOST_PORTS.start(),
+            // RFC 6056 §3.3.1-style: start at a random port of the range, then go up.
+            next_port: HOST_PORTS.start()
+                + (seed % (u64::from(*HOST_PORTS.end() - *HOST_PORTS.start()) + 1)) as u16,
             metrics,
             health_out,
             tls_client: crate::tls::insecure_client_config(),
@@ -524,6 +529,8 @@ impl Host {
     }
 
     fn alloc_port(&mut self) -> Option<u16> {
+        // Sequential from a random start: ports come back only after the whole range (32768
+        // connections), long after TIME_WAIT at rates below ~500 new connections a second.
         let span = u32::from(*HOST_PORTS.end() - *HOST_PORTS.start()) + 1;
         for _ in 0..span {
             let p = self.next_port;
@@ -1208,4 +1215,16 @@ impl Host {
             i += 1;
         }
     }
+}
+
+/// A seed that differs between runs of the process: the clock's nanoseconds and the pid,
+/// mixed (splitmix64's finaliser) so that close values give unrelated seeds.
+fn run_seed() -> u64 {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as u64);
+    let mut z = nanos ^ (u64::from(std::process::id()) << 32);
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^ (z >> 31)
 }
