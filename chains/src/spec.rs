@@ -535,37 +535,93 @@ fn items<'a>(
     }
 }
 
-/// Convert one item to `T`, reporting a failure at the exact place inside it.
+/// The most problems reported inside one item.
+const MAX_ITEM_ERRORS: usize = 16;
+
+/// Convert one item to `T`, reporting each failure at its exact place inside it. serde
+/// stops at the first problem, so after each one the offending key is taken out of a copy
+/// of the item and the conversion tried again: every wrong key of an item is reported, not
+/// only the first. (Where taking it out cannot help, a missing key or an item of a list,
+/// it stops there.)
 fn convert<T: DeserializeOwned>(
     diags: &mut Diagnostics,
     at: &[String],
     value: &Value,
 ) -> Option<T> {
-    match serde_path_to_error::deserialize::<_, T>(value) {
-        Ok(v) => Some(v),
-        Err(e) => {
-            let mut full = at.to_vec();
-            for segment in e.path().iter() {
-                match segment {
-                    serde_path_to_error::Segment::Seq { index } => full.push(index.to_string()),
-                    serde_path_to_error::Segment::Map { key } => full.push(key.clone()),
-                    serde_path_to_error::Segment::Enum { variant } => full.push(variant.clone()),
-                    serde_path_to_error::Segment::Unknown => {}
-                }
+    let mut value = value.clone();
+    let mut removed: Vec<Vec<String>> = Vec::new();
+    for _ in 0..MAX_ITEM_ERRORS {
+        let error = match serde_path_to_error::deserialize::<_, T>(&value) {
+            Ok(v) if removed.is_empty() => return Some(v),
+            Ok(_) => return None,
+            Err(e) => e,
+        };
+        let mut inner: Vec<String> = Vec::new();
+        for segment in error.path().iter() {
+            match segment {
+                serde_path_to_error::Segment::Seq { index } => inner.push(index.to_string()),
+                serde_path_to_error::Segment::Map { key } => inner.push(key.clone()),
+                serde_path_to_error::Segment::Enum { variant } => inner.push(variant.clone()),
+                serde_path_to_error::Segment::Unknown => {}
             }
-            let message = e.into_inner().to_string();
-            // An unknown key is reported where it is, not at the map holding it.
-            if let Some(field) = message
-                .strip_prefix("unknown field `")
-                .and_then(|rest| rest.split_once('`'))
-                .map(|(f, _)| f.to_string())
-                && full.last() != Some(&field)
-            {
-                full.push(field);
-            }
-            diags.error(&full, message);
-            None
         }
+        let message = error.into_inner().to_string();
+        // An unknown key is reported where it is, not at the map holding it.
+        if let Some(field) = quoted_after(&message, "unknown field `")
+            && inner.last() != Some(&field)
+        {
+            inner.push(field);
+        }
+        // A key taken out earlier now "missing": already reported as what it was.
+        if let Some(field) = quoted_after(&message, "missing field `") {
+            let mut missing = inner.clone();
+            missing.push(field);
+            if removed.contains(&missing) {
+                return None;
+            }
+        }
+        let mut full = at.to_vec();
+        full.extend(inner.iter().cloned());
+        diags.error(&full, message);
+        if !take_out(&mut value, &inner) {
+            return None;
+        }
+        removed.push(inner);
+    }
+    None
+}
+
+/// The text between `prefix` and the next backquote, if `message` starts with `prefix`.
+fn quoted_after(message: &str, prefix: &str) -> Option<String> {
+    message
+        .strip_prefix(prefix)
+        .and_then(|rest| rest.split_once('`'))
+        .map(|(f, _)| f.to_string())
+}
+
+/// Remove the map key at `path` from `value`; false when `path` is not a key of a map.
+fn take_out(value: &mut Value, path: &[String]) -> bool {
+    let Some((last, parents)) = path.split_last() else {
+        return false;
+    };
+    let mut node = value;
+    for segment in parents {
+        node = match node {
+            Value::Object(map) => match map.get_mut(segment) {
+                Some(v) => v,
+                None => return false,
+            },
+            Value::Array(list) => match segment.parse::<usize>().ok().and_then(|i| list.get_mut(i))
+            {
+                Some(v) => v,
+                None => return false,
+            },
+            _ => return false,
+        };
+    }
+    match node {
+        Value::Object(map) => map.remove(last).is_some(),
+        _ => false,
     }
 }
 

@@ -216,6 +216,15 @@ fn unknown_fields_and_wrong_types_are_located_all_at_once() {
     assert_at(&yaml, "blue", "unknown field `colour`");
     assert_at(&yaml, "not-an-address", "invalid IPv4 address syntax");
     assert_at(&yaml, "99999", "invalid value: integer `99999`");
+    // Several in one item: each is reported.
+    let y = GOOD.replace(
+        "{name: web, vni: 100, vteps: [127.0.0.31], subnet: 10.0.1.0/24}",
+        "{name: web, vni: x, vteps: [127.0.0.31], subnet: 10.0.1.0/24, colour: blue, mtu: big}",
+    );
+    assert_eq!(problems(&y).len(), 3, "{:#?}", problems(&y));
+    assert_at(&y, "x,", "invalid type: string \"x\", expected u64");
+    assert_at(&y, "blue", "unknown field `colour`");
+    assert_at(&y, "big", "invalid type: string \"big\", expected u32");
     let extra = "tenant: t\nnetworks: []\nfunctions: []\nchains: []\nextra: 1\n";
     assert_at(extra, "1\n", "unknown field `extra`");
 }
