@@ -533,16 +533,10 @@ fn probe_host(args: &ProbeArgs) -> anyhow::Result<probe::SyntheticHost> {
         .filter(|v| *v != args.vtep)
         .collect();
     let mut routed_here = None;
-    for (_, f) in &spec.functions {
-        let joins = spec.chains.iter().any(|(_, c)| {
-            (c.from == net.name && c.hops.first() == Some(&f.common.name))
-                || (c.to == net.name && c.hops.last() == Some(&f.common.name))
-        });
-        if joins {
-            peers.push(f.common.host);
-            if routed_here.is_none() {
-                routed_here = f.common.addresses.get(&net.name).copied();
-            }
+    for f in spec.functions_on(&net.name) {
+        peers.push(f.common.host);
+        if routed_here.is_none() {
+            routed_here = f.common.addresses.get(&net.name).copied();
         }
     }
     let gateway = args.gateway.or(routed_here).or(net.gateway);

@@ -943,8 +943,8 @@ impl<'s, 'd> Planner<'s, 'd> {
             port.vni = Some(vni);
             // The hypervisors' VTEPs and every other function on the network.
             let mut flood: Vec<std::net::IpAddr> = n.vteps.iter().map(|v| (*v).into()).collect();
-            for (_, f) in &self.spec.functions {
-                if f.common.name != me.common.name && self.joins(f, &n.name) {
+            for f in self.spec.functions_on(&n.name) {
+                if f.common.name != me.common.name {
                     flood.push(f.common.host.into());
                 }
             }
@@ -955,15 +955,6 @@ impl<'s, 'd> Planner<'s, 'd> {
             port.interface = ext.interface.clone();
         }
         port
-    }
-
-    /// Whether function `f` is next to network `net` in some chain.
-    fn joins(&self, f: &Function, net: &str) -> bool {
-        self.spec.chains.iter().any(|(_, c)| {
-            let n = c.hops.len();
-            (c.from == net && c.hops.first() == Some(&f.common.name))
-                || (c.to == net && n > 0 && c.hops[n - 1] == f.common.name)
-        })
     }
 
     fn add_port(&mut self, function: &str, port: RawPort, at: &[String]) {

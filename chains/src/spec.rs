@@ -327,6 +327,19 @@ pub struct Spec {
     pub broken_names: BTreeSet<String>,
 }
 
+impl Spec {
+    /// The functions some chain puts next to network `net` (its first hop from it or its
+    /// last hop to it): those with a port on it, in file order.
+    pub fn functions_on<'a>(&'a self, net: &'a str) -> impl Iterator<Item = &'a Function> + 'a {
+        self.functions.iter().map(|(_, f)| f).filter(move |f| {
+            self.chains.iter().any(|(_, c)| {
+                (c.from == net && c.hops.first() == Some(&f.common.name))
+                    || (c.to == net && c.hops.last() == Some(&f.common.name))
+            })
+        })
+    }
+}
+
 /// Problems found in one file, each turned into a located [`Diagnostic`].
 #[derive(Debug)]
 pub struct Diagnostics {
