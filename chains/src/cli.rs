@@ -182,6 +182,18 @@ pub fn resolve_state(file: Option<&Path>, state: Option<PathBuf>) -> anyhow::Res
     }
 }
 
+/// A Prometheus duration for `--scrape-interval`: a number and a unit (`ms`, `s`, `m`,
+/// `h`), e.g. `15s` — checked here, or Prometheus would refuse the generated file.
+pub fn parse_interval(s: &str) -> Result<String, String> {
+    let digits = s.bytes().take_while(u8::is_ascii_digit).count();
+    let (number, unit) = s.split_at(digits);
+    let ok = !number.is_empty()
+        && number.parse::<u32>().is_ok_and(|n| n > 0)
+        && ["ms", "s", "m", "h"].contains(&unit);
+    ok.then(|| s.to_string())
+        .ok_or_else(|| format!("`{s}`: write a number and ms, s, m or h, e.g. 15s"))
+}
+
 /// Options of `up` that say how to run the instances.
 #[derive(Debug, Clone, clap::Args)]
 pub struct RunArgs {
@@ -195,7 +207,7 @@ pub struct RunArgs {
     #[arg(long)]
     pub log_level: Option<String>,
     /// Scrape interval written into prometheus.yml.
-    #[arg(long, default_value = "15s")]
+    #[arg(long, default_value = "15s", value_parser = parse_interval)]
     pub scrape_interval: String,
 }
 

@@ -45,7 +45,7 @@ enum Command {
         #[arg(long, short)]
         out: Option<PathBuf>,
         /// Scrape interval written into prometheus.yml.
-        #[arg(long, default_value = "15s")]
+        #[arg(long, default_value = "15s", value_parser = cli::parse_interval)]
         scrape_interval: String,
         /// Print the plan's files to stdout instead of writing them.
         #[arg(long)]
@@ -94,7 +94,7 @@ enum Command {
         #[arg(long)]
         dry_run: bool,
         /// Scrape interval written into prometheus.yml.
-        #[arg(long, default_value = "15s")]
+        #[arg(long, default_value = "15s", value_parser = cli::parse_interval)]
         scrape_interval: String,
     },
     /// Synthetic tenant hosts: join a network of a chain and ping, connect, fetch or
