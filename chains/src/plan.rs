@@ -95,6 +95,10 @@ pub struct Plan {
     pub transit_subnets: Vec<(String, Ipv4Addr, String, Ipv4Addr)>,
     /// The Prometheus scrape configuration.
     pub prometheus: String,
+    /// The underlay subnet of the functions' hosts (`underlay.subnet`), for VM images.
+    pub underlay_subnet: Option<Ipv4Network>,
+    /// The underlay's default gateway (`underlay.gateway`), for VM images.
+    pub underlay_gateway: Option<Ipv4Addr>,
 }
 
 impl Plan {
@@ -236,6 +240,8 @@ struct Planner<'s, 'd> {
     /// Some chain could not be walked (its own error said why): checks that need every
     /// chain are skipped.
     incomplete: bool,
+    /// `underlay.subnet`, parsed.
+    underlay_subnet: Option<Ipv4Network>,
 }
 
 fn key(a: &str, b: &str) -> (String, String) {
@@ -300,6 +306,7 @@ impl<'s, 'd> Planner<'s, 'd> {
             segment_order: Vec::new(),
             bridged: BTreeSet::new(),
             incomplete: false,
+            underlay_subnet: None,
         }
     }
 
@@ -344,6 +351,22 @@ impl<'s, 'd> Planner<'s, 'd> {
                 &path(&["underlay", "port"]),
                 "port 0: use 4789 (RFC 7348) or another UDP port",
             );
+        }
+        if let Some(text) = &u.subnet {
+            match text.parse::<Ipv4Network>() {
+                Ok(n) if n.network() == n.ip() && n.prefix() <= 30 => self.underlay_subnet = Some(n),
+                Ok(n) => self.err(
+                    &path(&["underlay", "subnet"]),
+                    format!("{text}: write the subnet itself, e.g. {}/{}, of at least 4 addresses", n.network(), n.prefix().min(30)),
+                ),
+                Err(e) => self.err(&path(&["underlay", "subnet"]), format!("`{text}`: {e}")),
+            }
+        }
+        if let Some(gw) = u.gateway
+            && let Some(n) = self.underlay_subnet
+            && !n.contains(gw)
+        {
+            self.err(&path(&["underlay", "gateway"]), format!("gateway {gw} is outside the underlay subnet {n}"));
         }
         if let Some(v) = &spec.transit.vnis {
             match parse_range(v) {
@@ -570,6 +593,11 @@ impl<'s, 'd> Planner<'s, 'd> {
                 self.err(&at(&["host"]), format!("host {} is already function `{other}`'s: each instance has its own underlay address", c.host));
             } else {
                 hosts.insert(c.host, c.name.clone());
+            }
+            if let Some(n) = self.underlay_subnet
+                && !n.contains(c.host)
+            {
+                self.err(&at(&["host"]), format!("host {} is outside the underlay subnet {n}", c.host));
             }
             if let Some(net) = vteps.get(&c.host) {
                 self.err(&at(&["host"]), format!("host {} is a VTEP of network `{net}`: a function has an underlay address of its own", c.host));
@@ -1496,6 +1524,8 @@ impl<'s, 'd> Planner<'s, 'd> {
             transit_links: self.link_order,
             transit_subnets: self.segment_order,
             prometheus,
+            underlay_subnet: self.underlay_subnet,
+            underlay_gateway: spec.underlay.gateway,
         })
     }
 

@@ -31,6 +31,13 @@ pub struct Underlay {
     /// VXLAN's UDP port (default 4789, RFC 7348).
     #[serde(default = "default_vxlan_port")]
     pub port: u16,
+    /// The underlay subnet the functions' hosts are on, e.g. `198.18.0.0/24`: the prefix
+    /// length their VM images configure (`vnfctl image`; default /24 around each host).
+    #[serde(default)]
+    pub subnet: Option<String>,
+    /// The underlay's default gateway for the VM images, if VTEPs are beyond the subnet.
+    #[serde(default)]
+    pub gateway: Option<Ipv4Addr>,
 }
 
 fn default_underlay_mtu() -> u32 {
@@ -45,6 +52,8 @@ impl Default for Underlay {
         Underlay {
             mtu: default_underlay_mtu(),
             port: default_vxlan_port(),
+            subnet: None,
+            gateway: None,
         }
     }
 }
