@@ -354,10 +354,16 @@ impl<'s, 'd> Planner<'s, 'd> {
         }
         if let Some(text) = &u.subnet {
             match text.parse::<Ipv4Network>() {
-                Ok(n) if n.network() == n.ip() && n.prefix() <= 30 => self.underlay_subnet = Some(n),
+                Ok(n) if n.network() == n.ip() && n.prefix() <= 30 => {
+                    self.underlay_subnet = Some(n)
+                }
                 Ok(n) => self.err(
                     &path(&["underlay", "subnet"]),
-                    format!("{text}: write the subnet itself, e.g. {}/{}, of at least 4 addresses", n.network(), n.prefix().min(30)),
+                    format!(
+                        "{text}: write the subnet itself, e.g. {}/{}, of at least 4 addresses",
+                        n.network(),
+                        n.prefix().min(30)
+                    ),
                 ),
                 Err(e) => self.err(&path(&["underlay", "subnet"]), format!("`{text}`: {e}")),
             }
@@ -366,7 +372,10 @@ impl<'s, 'd> Planner<'s, 'd> {
             && let Some(n) = self.underlay_subnet
             && !n.contains(gw)
         {
-            self.err(&path(&["underlay", "gateway"]), format!("gateway {gw} is outside the underlay subnet {n}"));
+            self.err(
+                &path(&["underlay", "gateway"]),
+                format!("gateway {gw} is outside the underlay subnet {n}"),
+            );
         }
         if let Some(v) = &spec.transit.vnis {
             match parse_range(v) {
@@ -597,7 +606,10 @@ impl<'s, 'd> Planner<'s, 'd> {
             if let Some(n) = self.underlay_subnet
                 && !n.contains(c.host)
             {
-                self.err(&at(&["host"]), format!("host {} is outside the underlay subnet {n}", c.host));
+                self.err(
+                    &at(&["host"]),
+                    format!("host {} is outside the underlay subnet {n}", c.host),
+                );
             }
             if let Some(net) = vteps.get(&c.host) {
                 self.err(&at(&["host"]), format!("host {} is a VTEP of network `{net}`: a function has an underlay address of its own", c.host));
