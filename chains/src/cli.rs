@@ -717,3 +717,33 @@ pub fn probe(args: &ProbeArgs) -> anyhow::Result<ExitCode> {
         }
     }
 }
+
+/// `vnfctl image FILE --out DIR`: VM images of the chain's kinds and a seed per instance.
+pub fn image(
+    file: &Path,
+    out: PathBuf,
+    bin_dir: Option<PathBuf>,
+    cache: Option<PathBuf>,
+    qcow2: bool,
+) -> anyhow::Result<ExitCode> {
+    let Some(plan) = plan_file(file, "15s")? else {
+        return Ok(ExitCode::FAILURE);
+    };
+    let options = crate::image::ImageOptions {
+        out,
+        bin_dir,
+        cache: cache.unwrap_or_else(crate::image::ImageOptions::default_cache),
+        qcow2,
+        source_date_epoch: crate::image::ImageOptions::source_date_epoch_from_env()?,
+    };
+    let started = Instant::now();
+    let report = crate::image::build(&plan, &options, &mut std::io::stderr())?;
+    print!("{report}");
+    println!(
+        "built {} files in {} in {:.1}s",
+        report.outputs.len(),
+        options.out.display(),
+        started.elapsed().as_secs_f64()
+    );
+    Ok(ExitCode::SUCCESS)
+}

@@ -13,6 +13,7 @@
 pub mod admin_client;
 pub mod apply;
 pub mod cli;
+pub mod image;
 pub mod manifest;
 pub mod plan;
 pub mod probe;

@@ -100,6 +100,28 @@ enum Command {
     /// Synthetic tenant hosts: join a network of a chain and ping, connect, fetch or
     /// serve HTTP across it (no root needed).
     Probe(cli::ProbeArgs),
+    /// Build VM images: per function kind a kernel, an initrd and a bootable disk; per
+    /// instance a NoCloud seed ISO holding its config (docs/images.md).
+    Image {
+        /// The chain file.
+        file: PathBuf,
+        /// Directory to write to: vnf-KIND/{vmlinuz,initrd.img,disk.qcow2} per kind,
+        /// seeds/TENANT-NAME.iso and seeds/TENANT-NAME.user-data per instance.
+        #[arg(long, short)]
+        out: PathBuf,
+        /// Where the statically linked vnf-* binaries are (scripts/build-static puts them
+        /// in target/x86_64-unknown-linux-gnu/release). Default: beside vnfctl, then PATH.
+        #[arg(long)]
+        bin_dir: Option<PathBuf>,
+        /// Where downloaded Debian packages are kept. Default:
+        /// $XDG_CACHE_HOME/vnfctl/images or ~/.cache/vnfctl/images.
+        #[arg(long)]
+        cache: Option<PathBuf>,
+        /// Skip the disk.qcow2 images (no dosfstools, syslinux, mtools or qemu-utils
+        /// needed).
+        #[arg(long)]
+        no_qcow2: bool,
+    },
     /// Run the supervisor in the foreground (what `up` starts in the background).
     #[command(hide = true)]
     Supervise {
@@ -155,6 +177,13 @@ fn main() -> ExitCode {
             scrape_interval,
         } => cli::apply(&file, state, dry_run, &scrape_interval),
         Command::Probe(p) => cli::probe(&p),
+        Command::Image {
+            file,
+            out,
+            bin_dir,
+            cache,
+            no_qcow2,
+        } => cli::image(&file, out, bin_dir, cache, !no_qcow2),
         Command::Supervise {
             state,
             bin_dir,
