@@ -7,6 +7,7 @@
 //! - [`supervise`]: the supervisor behind `vnfctl up`, `status` and `down`.
 //! - [`apply`]: moving a running chain to a new plan, with rollback.
 //! - [`probe`]: synthetic tenant hosts (smoltcp behind their own VXLAN VTEP).
+//! - [`image`]: VM images per function kind and a NoCloud seed per instance.
 //! - [`admin_client`]: a small HTTP client for the functions' admin endpoints.
 //! - [`cli`]: what each subcommand does.
 
