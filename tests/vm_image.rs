@@ -14,8 +14,9 @@
 //! `/metrics` answer through the forwarded port, hv1 pings hv2 through the VM (kernel
 //! `vxlan` devices as the hypervisors' VTEPs), and an ACPI power-off stops it cleanly.
 //! `firewall_lb_and_disk_images_boot_to_ready`: the firewall and load-balancer images,
-//! and the router's qcow2 disk, boot to READY with their seeds and answer `/metrics`; so
-//! does the router with an OpenStack-style config drive (config-2, user-data) instead.
+//! and the router's qcow2 disk, boot to READY with their seeds and answer `/metrics`, their
+//! underlay address taken by DHCP (`underlay.dhcp`); so does the router with an
+//! OpenStack-style config drive (config-2, user-data) instead of the seed.
 //! `image_build_is_reproducible`: two builds of the same chain are byte-identical.
 //!
 //! The images hold statically linked binaries: the tests build them with
@@ -299,7 +300,7 @@ fn router_image_boots_and_routes_vxlan() {
 const KINDS_CHAIN: &str = "\
 tenant: vmk
 transit: {vnis: 16000000-16000009}
-underlay: {subnet: 198.18.0.0/24}
+underlay: {subnet: 198.18.0.0/24, dhcp: true}
 networks:
   - {name: out, vni: 300, vteps: [198.18.0.50], subnet: 192.0.2.0/24, gateway: 192.0.2.1}
   - {name: web, vni: 100, vteps: [198.18.0.31], subnet: 10.0.1.0/24}
@@ -337,12 +338,20 @@ fn firewall_lb_and_disk_images_boot_to_ready() {
     // time: TCG is CPU-bound.
     let ns = Netns::new("vmk");
     ns.run("ip link set lo up");
-    let underlay = "-netdev user,id=u0,restrict=on -device virtio-net-pci,netdev=u0";
+    // This chain's underlay is DHCP: qemu's DHCP server hands out the instance's host
+    // address (its first lease is `dhcpstart`); qemu's own addresses kept out of the way.
+    let underlay = |host: u8| {
+        format!(
+            "-netdev user,id=u0,restrict=on,net=198.18.0.0/24,host=198.18.0.254,\
+             dns=198.18.0.253,dhcpstart=198.18.0.{host} -device virtio-net-pci,netdev=u0"
+        )
+    };
     let cases = [
         (
             "fw",
             kernel_boot(&images, "vnf-firewall"),
             "vmk-fw",
+            2,
             19101,
             "vnf_conntrack_connections",
         ),
@@ -350,6 +359,7 @@ fn firewall_lb_and_disk_images_boot_to_ready() {
             "lb",
             kernel_boot(&images, "vnf-lb"),
             "vmk-lb",
+            3,
             19102,
             "vnf_lb_backend_up",
         ),
@@ -360,18 +370,24 @@ fn firewall_lb_and_disk_images_boot_to_ready() {
                 images.display()
             ),
             "vmk-edge",
+            1,
             19103,
             "vnf_nat_sessions",
         ),
     ];
-    for (name, boot, seed, port, family) in cases {
-        let nics = format!("{underlay} {}", mgmt_nic(port));
+    for (name, boot, seed, host, port, family) in cases {
+        let nics = format!("{} {}", underlay(host), mgmt_nic(port));
         let seed = format!(
             "-drive file={},if=virtio,format=raw,readonly=on",
             images.join(format!("seeds/{seed}.iso")).display()
         );
         let mut vm = Vm::start(&ns, &dir, name, &boot, &format!("{seed} {nics}"));
         vm.wait_ready();
+        let console = vm.console_text();
+        assert!(
+            console.contains(&format!("eth0: dhcp 198.18.0.{host}/24")),
+            "{name}: no DHCP underlay address:\n{console}"
+        );
         let m = metrics(&ns, port);
         assert!(
             m.contains(family),
@@ -406,7 +422,7 @@ fn firewall_lb_and_disk_images_boot_to_ready() {
          -device scsi-cd,drive=cd0",
         drive.display()
     );
-    let nics = format!("{underlay} {}", mgmt_nic(19104));
+    let nics = format!("{} {}", underlay(1), mgmt_nic(19104));
     let boot = kernel_boot(&images, "vnf-router");
     let mut vm = Vm::start(
         &ns,

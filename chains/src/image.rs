@@ -423,14 +423,18 @@ impl Seed {
              VNF_KIND={kind}\n\
              VNF_NAME={name}\n\
              VNF_TENANT={tenant}\n\
-             UNDERLAY_ADDRESS={host}/{prefix}\n\
+             UNDERLAY_ADDRESS={address}\n\
              UNDERLAY_GATEWAY={gateway}\n\
              UNDERLAY_MTU={mtu}\n\
              EXTERNAL_INTERFACES={external}\n\
              MANAGEMENT_INTERFACE={management}\n\
              ADMIN=0.0.0.0:{port}\n",
             kind = instance.kind.name(),
-            host = instance.host,
+            address = if plan.underlay_dhcp {
+                "dhcp".to_string()
+            } else {
+                format!("{}/{prefix}", instance.host)
+            },
             external = external.join(","),
             port = instance.admin.port(),
         );

@@ -99,6 +99,8 @@ pub struct Plan {
     pub underlay_subnet: Option<Ipv4Network>,
     /// The underlay's default gateway (`underlay.gateway`), for VM images.
     pub underlay_gateway: Option<Ipv4Addr>,
+    /// VM images take their underlay address by DHCP (`underlay.dhcp`).
+    pub underlay_dhcp: bool,
 }
 
 impl Plan {
@@ -1538,6 +1540,7 @@ impl<'s, 'd> Planner<'s, 'd> {
             prometheus,
             underlay_subnet: self.underlay_subnet,
             underlay_gateway: spec.underlay.gateway,
+            underlay_dhcp: spec.underlay.dhcp,
         })
     }
 

@@ -38,6 +38,10 @@ pub struct Underlay {
     /// The underlay's default gateway for the VM images, if VTEPs are beyond the subnet.
     #[serde(default)]
     pub gateway: Option<Ipv4Addr>,
+    /// VM images take their underlay address by DHCP instead of from the seed (the
+    /// cloud's DHCP must hand each VM its `host` address, e.g. a fixed-IP port).
+    #[serde(default)]
+    pub dhcp: bool,
 }
 
 fn default_underlay_mtu() -> u32 {
@@ -54,6 +58,7 @@ impl Default for Underlay {
             port: default_vxlan_port(),
             subnet: None,
             gateway: None,
+            dhcp: false,
         }
     }
 }

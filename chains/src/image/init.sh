@@ -103,6 +103,11 @@ else
     log "no input device: the ACPI power button will not work"
 fi
 
+# eth0's address as it is now (the seed's, or the DHCP lease's).
+underlay_now() {
+    ip -4 -o addr show dev eth0 | awk '{print $4; exit}'
+}
+
 # The user-data vnfctl writes (a #cloud-config with write_files in base64) -> the two files
 # this init needs. For seeds made by other tools: an OpenStack config drive
 # (openstack/latest/user_data) or a plain NoCloud seed (user-data) holding that user-data.
@@ -197,7 +202,9 @@ done
 ip link set eth0 mtu "${UNDERLAY_MTU:-1500}" || log "eth0: cannot set MTU ${UNDERLAY_MTU:-1500}"
 ip link set eth0 up
 if [ "$UNDERLAY_ADDRESS" = dhcp ]; then
+    # In the foreground until a lease (10 tries), then on in the background for renewals.
     udhcpc -i eth0 -s /usr/share/udhcpc/default.script -b -t 10 -T 1 >/dev/null 2>&1
+    ip -4 addr show dev eth0 | grep -q inet || log "eth0: no DHCP lease yet: the VNF waits for its address"
 else
     ip addr add "$UNDERLAY_ADDRESS" dev eth0 || fatal "eth0: cannot add $UNDERLAY_ADDRESS"
     if [ -n "$UNDERLAY_GATEWAY" ]; then
@@ -241,9 +248,9 @@ while :; do
         if timeout 2 wget -q -O /dev/null "http://127.0.0.1:$ADMIN_PORT/readyz" 2>/dev/null; then
             if [ -z "$ready_once" ]; then
                 ready_once=1
-                log "READY kind=$VNF_KIND name=$VNF_NAME underlay=$UNDERLAY_ADDRESS admin=$ADMIN boot=$(uptime_s)"
+                log "READY kind=$VNF_KIND name=$VNF_NAME underlay=$(underlay_now) admin=$ADMIN boot=$(uptime_s)"
             else
-                log "READY again kind=$VNF_KIND name=$VNF_NAME underlay=$UNDERLAY_ADDRESS admin=$ADMIN boot=$(uptime_s)"
+                log "READY again kind=$VNF_KIND name=$VNF_NAME underlay=$(underlay_now) admin=$ADMIN boot=$(uptime_s)"
             fi
             break
         fi
