@@ -17,6 +17,7 @@
 //! and the router's qcow2 disk, boot to READY with their seeds and answer `/metrics`, their
 //! underlay address taken by DHCP (`underlay.dhcp`); so does the router with an
 //! OpenStack-style config drive (config-2, user-data) instead of the seed.
+//! `router_image_restarts_its_vnf`: the guest's init restarts a VNF that was killed.
 //! `image_build_is_reproducible`: two builds of the same chain are byte-identical.
 //!
 //! The images hold statically linked binaries: the tests build them with
@@ -496,4 +497,100 @@ fn image_build_is_reproducible() {
             x.len()
         );
     }
+}
+
+/// The guest's init restarts a VNF that dies: a second initramfs archive (the kernel
+/// unpacks concatenated archives in order) replaces `/bin/vnf-router` with a wrapper whose
+/// first run is SIGKILLed 3 s after it starts; the console shows the exit, the restart and
+/// READY again, and the admin endpoint answers.
+#[test]
+fn router_image_restarts_its_vnf() {
+    const TEST: &str = "router_image_restarts_its_vnf";
+    let _g = serial();
+    if !have_root(TEST) || !tools(TEST) || !have_tool(TEST, "strip") {
+        return;
+    }
+    let dir = WorkDir::new(TEST);
+    let chain = dir.join("chain.yaml");
+    std::fs::write(&chain, ROUTER_CHAIN).expect("write chain");
+    let images = dir.join("images");
+    build_images(&chain, &images);
+
+    let real = dir.join("vnf-router.real");
+    let o = sh(&format!(
+        "strip -o {} {}",
+        real.display(),
+        static_bins().join("vnf-router").display()
+    ));
+    assert!(o.status.success(), "strip failed");
+    let wrapper = "#!/bin/sh\n\
+        # The first run is killed 3 s after it starts; the next ones run normally.\n\
+        if [ ! -e /run/vnf-test-crashed ]; then\n\
+        \x20   touch /run/vnf-test-crashed\n\
+        \x20   /bin/vnf-router.real \"$@\" &\n\
+        \x20   pid=$!\n\
+        \x20   sleep 3\n\
+        \x20   kill -9 $pid\n\
+        \x20   wait $pid\n\
+        \x20   exit 137\n\
+        fi\n\
+        exec /bin/vnf-router.real \"$@\"\n";
+    let mut overlay = chains::image::Archive::default();
+    overlay.dir("bin");
+    overlay.file("bin/vnf-router", wrapper.as_bytes().to_vec(), 0o755);
+    overlay.file(
+        "bin/vnf-router.real",
+        std::fs::read(&real).expect("read"),
+        0o755,
+    );
+    let mut initrd = std::fs::read(images.join("vnf-router/initrd.img")).expect("initrd");
+    // The kernel looks for the next archive's header on a 4-byte boundary (zeros between
+    // archives are skipped).
+    initrd.resize(initrd.len().next_multiple_of(4), 0);
+    initrd.extend(overlay.newc(0));
+    let crashing = dir.join("initrd-crashing.img");
+    std::fs::write(&crashing, initrd).expect("write initrd");
+
+    let ns = Netns::new("vmr");
+    ns.run("ip link set lo up");
+    let boot = format!(
+        "-kernel {}/vnf-router/vmlinuz -initrd {} -append '{CMDLINE}'",
+        images.display(),
+        crashing.display()
+    );
+    let devices = format!(
+        "-drive file={},if=virtio,format=raw,readonly=on \
+         -netdev user,id=u0,restrict=on -device virtio-net-pci,netdev=u0 {}",
+        images.join("seeds/vmt-r.iso").display(),
+        mgmt_nic(19105)
+    );
+    let mut vm = Vm::start(&ns, &dir, "router-restart", &boot, &devices);
+    vm.wait_ready();
+    let again = wait_for(READY_TIMEOUT, || {
+        vm.console_text().contains("vnf-image: READY again")
+    });
+    let text = vm.console_text();
+    assert!(again, "no READY again after the VNF was killed:\n{text}");
+    assert!(
+        text.contains("vnf-image: vnf-router exited (status 137), restarting in 0.1s"),
+        "no restart line:\n{text}"
+    );
+    let line = |needle: &str| {
+        text.lines()
+            .find(|l| l.contains(needle))
+            .unwrap_or_default()
+            .trim()
+            .to_string()
+    };
+    println!(
+        "router VM: `{}` then `{}`",
+        line("exited (status 137)"),
+        line("READY again")
+    );
+    let m = metrics(&ns, 19105);
+    assert!(
+        m.contains("vnf_build_info"),
+        "metrics after the restart:\n{m}"
+    );
+    vm.power_off();
 }
