@@ -446,6 +446,7 @@ fn firewall_lb_and_disk_images_boot_to_ready() {
 #[test]
 fn image_build_is_reproducible() {
     const TEST: &str = "image_build_is_reproducible";
+    let _g = serial();
     if !tools(TEST) {
         return;
     }

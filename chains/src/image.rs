@@ -850,17 +850,29 @@ fn fetch(
         });
     }
     let _ = writeln!(log, "{name} {version}: downloading {url}");
-    run(Command::new(&tools.apt_get)
+    // Into a directory of this process's own, then renamed into the cache: two builds
+    // sharing a cache never see each other's half-written file.
+    let private = debs.join(format!(".download-{}", std::process::id()));
+    let _ = fs::remove_dir_all(&private);
+    fs::create_dir_all(&private)
+        .with_context(|| format!("{}: cannot create", private.display()))?;
+    let downloaded = run(Command::new(&tools.apt_get)
         .args(["-q", "-o", "APT::Sandbox::User=root", "download", name])
-        .current_dir(debs)
-        .env("LC_ALL", "C"))?;
-    if let Some(hash) = hash {
-        let got = sha256(tools, &deb)?;
-        if got != hash {
-            let _ = fs::remove_file(&deb);
-            bail!("{}: SHA-256 {got}, apt says {hash}", deb.display());
+        .current_dir(&private)
+        .env("LC_ALL", "C"))
+    .and_then(|_| {
+        let fresh = private.join(&file);
+        if let Some(hash) = &hash {
+            let got = sha256(tools, &fresh)?;
+            if got != *hash {
+                bail!("{}: SHA-256 {got}, apt says {hash}", fresh.display());
+            }
         }
-    }
+        fs::rename(&fresh, &deb)
+            .with_context(|| format!("{}: cannot move into the cache", deb.display()))
+    });
+    let _ = fs::remove_dir_all(&private);
+    downloaded?;
     Ok(Package {
         name: name.to_string(),
         version,
