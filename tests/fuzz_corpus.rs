@@ -414,6 +414,11 @@ fn seeds() -> Vec<(&'static str, String, Vec<u8>)> {
             .map(|(n, b)| ("router_path", format!("seed-{n}"), b)),
     );
     d.extend(fuzz_lb::seeds());
+    d.extend(
+        vnf_tests::fuzz_config::vnf_config_seeds()
+            .into_iter()
+            .map(|(n, b)| ("vnf_config", n, b)),
+    );
     d
 }
 
@@ -742,4 +747,42 @@ fn router_path_seeds() -> Vec<(&'static str, Vec<u8>)> {
     .into_iter()
     .map(|(n, r)| (n, r.0))
     .collect()
+}
+
+#[test]
+fn vnf_config_corpus_replays() {
+    let inputs = corpus("vnf_config");
+    let failed: Vec<String> = inputs
+        .iter()
+        .filter_map(|(name, data)| {
+            run_named("vnf_config", name, data, || {
+                vnf_tests::fuzz_config::vnf_config(data)
+            })
+        })
+        .collect();
+    report("vnf_config", inputs.len(), &failed);
+}
+
+/// Every example config is a seed that compiles (so the seeds exercise the compilers, not
+/// only the parsers).
+#[test]
+fn vnf_config_seeds_compile() {
+    let seeds = vnf_tests::fuzz_config::vnf_config_seeds();
+    assert!(seeds.len() >= 10, "{} seeds", seeds.len());
+    for (name, data) in &seeds {
+        vnf_tests::fuzz_config::vnf_config(data);
+        let text = std::str::from_utf8(&data[1..]).expect("utf-8");
+        let ok = match data[0] {
+            0 => serde_saphyr::from_str(text).ok().is_some_and(|r| {
+                <vnf_router::RouterApp as overlay_io::daemon::VnfApp>::compile(&r).is_ok()
+            }),
+            1 => serde_saphyr::from_str(text).ok().is_some_and(|r| {
+                <vnf_firewall::FirewallApp as overlay_io::daemon::VnfApp>::compile(&r).is_ok()
+            }),
+            _ => serde_saphyr::from_str(text).ok().is_some_and(|r| {
+                <vnf_lb::LbApp as overlay_io::daemon::VnfApp>::compile(&r).is_ok()
+            }),
+        };
+        assert!(ok, "seed {name} does not compile");
+    }
 }

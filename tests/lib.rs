@@ -3,6 +3,7 @@
 
 use std::net::Ipv4Addr;
 
+pub mod fuzz_config;
 pub mod fuzz_firewall;
 pub mod fuzz_lb;
 pub mod fuzz_targets;
