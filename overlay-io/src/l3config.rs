@@ -415,6 +415,7 @@ pub fn compile(
     let start = errors.len();
     let mut err = |path: String, message: String| errors.push(ConfigError { path, message });
     let mut interfaces: Vec<Interface> = Vec::new();
+    let mut unattached = false;
     let mut names: BTreeMap<&str, usize> = BTreeMap::new();
     let mut attached: BTreeMap<Attach, usize> = BTreeMap::new();
     let mut subnets: Vec<(Ipv4Network, usize)> = Vec::new();
@@ -550,6 +551,9 @@ pub fn compile(
                 format!("MTU {mtu} is larger than its port's MTU {pm}"),
             );
         }
+        // No attachment: an error was reported here, or the ports themselves did not
+        // compile (reported before this function): nothing can be built on it.
+        unattached |= attach.is_none();
         interfaces.push(Interface {
             name: r.name.clone(),
             attach: attach.unwrap_or(Attach::Bridge(usize::MAX)),
@@ -923,7 +927,7 @@ pub fn compile(
     }
     let icmp_rate = if rate == 0 { (0, 0) } else { (rate, burst) };
 
-    if errors.len() > start {
+    if errors.len() > start || unattached {
         return None;
     }
     let fib = match Fib::build(routes) {

@@ -144,6 +144,19 @@ mod tests {
         );
     }
 
+    /// Found by the `vnf_config` fuzzer: when the ports do not compile, an interface on
+    /// one of them has nothing to attach to; building the L3 tables with it overflowed
+    /// (and in a release build aborted the daemon on a bad reload). Now refused.
+    #[test]
+    fn interfaces_on_ports_that_do_not_compile_are_refused() {
+        let raw = parse(
+            "underlay: {address: 198.18.0.1}\nports:\n  - {name: a, vni: 160000001}\n\
+             interfaces:\n  - {name: a, port: a, addresses: [10.0.0.1/24]}\n",
+        );
+        let errs = compile(&raw).expect_err("invalid");
+        assert!(errs.iter().any(|e| e.path == "ports[0].vni"), "{errs:?}");
+    }
+
     #[test]
     fn shipped_examples_compile() {
         for (name, yaml) in [
