@@ -514,6 +514,10 @@ fn probe_host(args: &ProbeArgs) -> anyhow::Result<probe::SyntheticHost> {
             net.name
         );
     };
+    let vni = u32::try_from(vni)
+        .ok()
+        .filter(|v| (1..=0xff_ffff).contains(v))
+        .with_context(|| format!("network `{}`: VNI {vni} is outside 1..=16777215", net.name))?;
     let subnet: ipnetwork::Ipv4Network = net
         .subnet
         .parse()
@@ -558,7 +562,7 @@ fn probe_host(args: &ProbeArgs) -> anyhow::Result<probe::SyntheticHost> {
     let host_spec = probe::HostSpec {
         vtep: args.vtep,
         vxlan_port: spec.underlay.port,
-        vni: vni as u32,
+        vni,
         peers,
         mac: probe::derived_mac(args.address),
         address: ipnetwork::Ipv4Network::new(args.address, subnet.prefix())?,
