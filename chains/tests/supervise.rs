@@ -12,10 +12,12 @@
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::sync::Arc;
 use std::sync::atomic::Ordering;
-use std::sync::{Arc, OnceLock};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
+
+mod common;
 
 use chains::admin_client;
 use chains::manifest::{Instance, Kind, MANIFEST, Manifest};
@@ -29,39 +31,9 @@ use chains::supervise::{
 // Helpers
 // ---------------------------------------------------------------------------------------
 
-/// The workspace's `target` directory.
-fn target_dir() -> PathBuf {
-    std::env::var_os("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../target"))
-}
-
-/// The real `vnf-router`, built once per test run.
-fn router_bin() -> &'static Path {
-    static BIN: OnceLock<PathBuf> = OnceLock::new();
-    BIN.get_or_init(|| {
-        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-        let out = Command::new(cargo)
-            .args([
-                "build",
-                "--quiet",
-                "-p",
-                "vnf-router",
-                "--bin",
-                "vnf-router",
-            ])
-            .current_dir(env!("CARGO_MANIFEST_DIR"))
-            .output()
-            .expect("run cargo build");
-        assert!(
-            out.status.success(),
-            "cargo build -p vnf-router failed:\n{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        let bin = target_dir().join("debug/vnf-router");
-        assert!(bin.exists(), "{} missing after the build", bin.display());
-        bin
-    })
+/// The real `vnf-router`.
+fn router_bin() -> PathBuf {
+    common::vnf_bin_dir().join("vnf-router")
 }
 
 /// A directory with `vnf-router` (a link to the real one) and nothing else.
